@@ -1,0 +1,1 @@
+"""Entry points and everything that knows about hardware: runtime, training loop, checkpoints, monitoring."""

@@ -1,0 +1,40 @@
+"""Keys every model honours. A family's config file starts from ``base()`` and sets what differs.
+
+Science settings (data, model, schedule) live at the top level and under ``model``; hardware settings live under
+``runtime`` and never change what is learned, only how fast.
+"""
+
+import ml_collections
+
+
+def runtime(strategy="auto", precision="float32", xla=False, cpu_replicas=1, steps_per_loop=1):
+  r = ml_collections.ConfigDict()
+  r.strategy = strategy  # auto | cpu | mirrored | multiworker | tpu
+  r.precision = precision  # float32 | mixed_float16 | mixed_bfloat16
+  r.xla = xla  # compile the per-replica forward/backward with XLA (always on for TPU)
+  r.cpu_replicas = cpu_replicas  # logical CPU devices; >1 runs MirroredStrategy on a CPU
+  r.steps_per_loop = steps_per_loop  # training steps per compiled call
+  r.tpu = "local"  # TPU name or grpc address; "local" on Colab and TPU VMs
+  r.all_reduce = "auto"  # GPU all-reduce: auto (NCCL if present) | nccl | hierarchical_copy | ring
+  return r
+
+
+def base():
+  c = ml_collections.ConfigDict()
+  c.data = "embedded:mnist"  # source spec, see pipelines/sources.py
+  c.resolution = 32  # training resolution (square)
+  c.channels = 1  # image channels the model sees (1 or 3); the pipeline converts
+  c.flip = False  # random horizontal flips (mirror augmentation)
+  c.steps = 1000  # total training steps (one global batch each)
+  c.batch_size = 64  # global batch, split evenly over replicas
+  c.seed = 0  # initial weights, data order and every random draw derive from it
+  c.ema_halflife_kimg = 10.0  # half-life of the generator EMA, in thousands of images
+  c.ema_rampup = 0.05  # the half-life is at most this fraction of the images seen so far (None: off)
+  c.log_every = 100  # steps between log lines and TensorBoard scalars
+  c.sample_every = 500  # steps between sample grids
+  c.checkpoint_every = 500  # steps between checkpoints
+  c.keep_checkpoints = 3  # most recent checkpoints kept
+  c.sample_grid = 64  # images in a sample grid (a square number reads best)
+  c.runtime = runtime()
+  c.model = ml_collections.ConfigDict()
+  return c

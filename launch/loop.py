@@ -1,0 +1,379 @@
+"""The one training loop, for every model family.
+
+``train(config, workdir)`` reads top to bottom: config and workdir, runtime, inputs, build, restore, then the loop
+that alternates compiled multi-step calls on the devices with host work between them (logs, summaries, samples,
+checkpoints). ``Trainer`` holds the state of a run and its compiled step; tests and benchmarks use it directly.
+
+One training step, for the global batch:
+  for each phase of the model (in order; a phase with interval k only on steps divisible by k):
+    per replica: loss and gradients (XLA-compiled when runtime.xla), then the optimizer update, which sums the
+    gradients over replicas (losses are divided by the global batch, so the sum is the global mean);
+  per replica: the EMA of the generator's weights;
+  the step and image counters advance.
+Several steps run per compiled call (runtime.steps_per_loop). A non-finite loss ends the call at that step, and
+the run stops with a message; the last checkpoint stays as it was.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+
+from absl import logging
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from genscale import images as image_lib
+from genscale.errors import UserError, require
+from launch import checkpoints
+from launch import monitor as monitor_lib
+from launch import runtime as runtime_lib
+from launch.sampling import Sampler, grid_labels
+from models.base import BatchRng
+import models
+import pipelines
+
+
+class NonFiniteLoss(Exception):
+  """A loss became NaN or infinite; the run stopped without saving."""
+
+
+def _segments(phases):
+  """Groups consecutive phases with the same interval: each group runs as one ``strategy.run``."""
+  groups = []
+  for phase in phases:
+    if groups and groups[-1][0] == phase.interval:
+      groups[-1][1].append(phase)
+    else:
+      groups.append((phase.interval, [phase]))
+  return groups
+
+
+def _unique(variables):
+  seen, out = set(), []
+  for v in variables:
+    if id(v) not in seen:
+      seen.add(id(v))
+      out.append(v)
+  return out
+
+
+class Trainer:
+  """A model, its optimizers and counters under a strategy, and the compiled training call.
+
+  Args:
+    config: the resolved ConfigDict (see ``prepare_config``).
+    runtime: the Runtime.
+    info: the DataInfo of the training data.
+  """
+
+  def __init__(self, config, runtime, info):
+    self.config = config
+    self.runtime = runtime
+    strategy = runtime.strategy
+    self.global_batch = int(config.batch_size)
+    replicas = runtime.num_replicas
+    require(self.global_batch % replicas == 0,
+            f"--config.batch_size {self.global_batch} is not divisible by {replicas} replicas; "
+            f"use a multiple of {replicas}")
+    self.per_replica_batch = self.global_batch // replicas
+    self.seed = int(config.seed)
+
+    # ---- build: every variable is created under the strategy's scope.
+    with strategy.scope():
+      self.model = models.build(config, info, runtime.compute_dtype)
+      if runtime.loss_scaling:
+        import keras  # pylint: disable=g-import-not-at-top
+        for name in list(self.model.optimizers):
+          self.model.optimizers[name] = keras.optimizers.LossScaleOptimizer(self.model.optimizers[name])
+      self.phases = self.model.phases()
+      for name, optimizer in self.model.optimizers.items():
+        owned = _unique(v for p in self.phases if p.optimizer == name for v in p.variables)
+        optimizer.build(owned)
+      counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.step = tf.Variable(0, name="step", **counter)
+      self.nimg = tf.Variable(0, name="nimg", **counter)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step, nimg=self.nimg)
+
+    self._grads = {p.name: runtime.compile(self._gradient_fn(p)) for p in self.phases}
+    self._segments = _segments(self.phases)
+    self._accumulators = {}
+    self._train = tf.function(self._train_steps)
+
+  # ---- per replica
+
+  def _gradient_fn(self, phase):
+    """Loss and gradients of one phase for one replica. Pure: no variable writes, so XLA can compile it."""
+    optimizer = self.model.optimizers[phase.optimizer]
+    global_batch, replicas = self.global_batch, self.runtime.num_replicas
+
+    def contribution(value):
+      # Per-example values sum to the global mean; per-replica scalars average over replicas.
+      value = tf.cast(value, tf.float32)
+      return tf.reduce_sum(value) / global_batch if value.shape.rank else value / replicas
+
+    def gradients(batch, key, replica_id):
+      rng = BatchRng(key, replica_id, self.per_replica_batch, replicas)
+      with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(phase.variables)
+        per_example, metrics = phase.loss(batch, rng)
+        loss = contribution(per_example)
+        scaled = optimizer.scale_loss(loss) if self.runtime.loss_scaling else loss
+      grads = tape.gradient(scaled, phase.variables)
+      missing = [v.name for v, g in zip(phase.variables, grads) if g is None]
+      if missing:
+        raise ValueError(f"phase {phase.name}: no gradient for {', '.join(missing)}")
+      out = {f"{phase.name}/loss": loss}
+      out.update({name: contribution(value) for name, value in metrics.items()})
+      return out, grads
+
+    return gradients
+
+  def _replica_phases(self, phases, batch, step):
+    replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+    key = tf.stack([tf.constant(self.seed, tf.int64), step])
+    out = {}
+    for phase in phases:
+      metrics, grads = self._grads[phase.name](batch, key, replica_id)
+      self.model.optimizers[phase.optimizer].apply_gradients(zip(grads, phase.variables))
+      out.update(metrics)
+    return out
+
+  def _replica_ema(self, beta):
+    for ema, var in self.model.ema_pairs:
+      ema.assign(var + (ema - var) * tf.cast(beta, var.dtype))
+
+  # ---- cross-replica, inside the compiled call
+
+  def ema_beta(self):
+    """EMA decay per step from the half-life in kimg, with the ramp-up limiting it early in training."""
+    halflife = tf.constant(float(self.config.ema_halflife_kimg) * 1000.0, tf.float64)
+    if self.config.get("ema_rampup") is not None:
+      halflife = tf.minimum(halflife, tf.cast(self.nimg, tf.float64) * float(self.config.ema_rampup))
+    beta = tf.pow(tf.constant(0.5, tf.float64), self.global_batch / tf.maximum(halflife, 1e-8))
+    return tf.cast(beta, tf.float32)
+
+  def _accumulate(self, name, value):
+    if name not in self._accumulators:
+      with tf.init_scope():
+        self._accumulators[name] = (tf.Variable(0.0, trainable=False), tf.Variable(0.0, trainable=False))
+    total, count = self._accumulators[name]
+    total.assign_add(value)
+    count.assign_add(1.0)
+
+  def _run_segment(self, phases, batch, step):
+    strategy = self.runtime.strategy
+    per_replica = strategy.run(functools.partial(self._replica_phases, phases), args=(batch, step))
+    finite = tf.constant(True)
+    for name, value in per_replica.items():
+      value = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+      self._accumulate(name, value)
+      finite = tf.logical_and(finite, tf.math.is_finite(value))
+    return finite
+
+  def _one_step(self, iterator):
+    strategy = self.runtime.strategy
+    batch = next(iterator)
+    step = tf.identity(self.step)
+    finite = tf.constant(True)
+    for interval, phases in self._segments:
+      if interval == 1:
+        ok = self._run_segment(phases, batch, step)
+      else:
+        ok = tf.cond(step % interval == 0, lambda p=phases: self._run_segment(p, batch, step),
+                     lambda: tf.constant(True))
+      finite = tf.logical_and(finite, ok)
+    if self.model.ema_pairs:
+      strategy.run(self._replica_ema, args=(self.ema_beta(),))
+    self.step.assign_add(1)
+    self.nimg.assign_add(self.global_batch)
+    return finite
+
+  def _train_steps(self, iterator, num_steps):
+    finite = tf.constant(True)
+    for _ in tf.range(num_steps):
+      finite = self._one_step(iterator)
+      if not finite:
+        break
+    return finite
+
+  # ---- host
+
+  def run(self, iterator, num_steps):
+    """Runs up to ``num_steps`` steps in one compiled call. Returns (mean metrics, finite)."""
+    for total, count in self._accumulators.values():
+      total.assign(0.0)
+      count.assign(0.0)
+    finite = bool(self._train(iterator, tf.constant(int(num_steps), tf.int64)))
+    means = {}
+    for name, (total, count) in self._accumulators.items():
+      if count.numpy() > 0:
+        means[name] = float(total.numpy() / count.numpy())
+    return means, finite
+
+  def dataset_spec(self):
+    """The TensorSpec of one replica's batch."""
+    c = self.config
+    shape = [self.per_replica_batch, int(c.resolution), int(c.resolution), int(c.channels)]
+    return {"image": tf.TensorSpec(shape, tf.float32), "label": tf.TensorSpec([self.per_replica_batch], tf.int32)}
+
+  def dataset(self, source, start_step):
+    """The distributed training input, starting at ``start_step``."""
+    c = self.config
+    return pipelines.distribute(self.runtime.strategy, source, global_batch=self.global_batch, seed=self.seed,
+                                start_step=start_step, resolution=int(c.resolution), channels=int(c.channels),
+                                flip=bool(c.flip))
+
+
+# ---- config and workdir
+
+
+def prepare_config(config):
+  """Validates a config and fills defaults that depend on other keys. Raises UserError."""
+  config = ml_collections.ConfigDict(config.to_dict())  # a private, unlocked copy
+  runtime_lib.validate(config.runtime)
+  require(int(config.steps) >= 0, f"--config.steps={config.steps} must be non-negative")
+  require(int(config.batch_size) >= 1, f"--config.batch_size={config.batch_size} must be positive")
+  for key in ("log_every", "sample_every", "checkpoint_every"):
+    require(int(config[key]) >= 1, f"--config.{key}={config[key]} must be at least 1")
+  require(int(config.channels) in (1, 3), f"--config.channels={config.channels} must be 1 or 3")
+  return models.resolve(config)
+
+
+def _shape_signature(config):
+  keys = {"resolution": config.resolution, "channels": config.channels, "model.name": config.model.name}
+  for key in models.shape_keys(config):
+    keys[f"model.{key}"] = config.model.get(key)
+  return keys
+
+
+def check_resume_compatible(config, workdir):
+  """Refuses a config that changes variable shapes of the run stored in ``workdir``."""
+  path = os.path.join(workdir, "config.json")
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    stored = ml_collections.ConfigDict(json.load(f))
+  if stored.model.name != config.model.name:
+    raise UserError(f"--workdir {workdir} holds a {stored.model.name} run, not {config.model.name}; "
+                    "use a new --workdir")
+  old, new = _shape_signature(stored), _shape_signature(config)
+  changed = [k for k in new if old.get(k) != new[k]]
+  if changed:
+    k = changed[0]
+    raise UserError(f"--workdir {workdir} holds a run with {k}={old.get(k)}, but this config has {k}={new[k]}; "
+                    f"resume with --config.{k}={old.get(k)} or use a new --workdir")
+
+
+def write_config(config, info, workdir):
+  """Writes the resolved config and what the model needs to know of its data, for resume and sampling."""
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  with tf.io.gfile.GFile(os.path.join(workdir, "data_info.json"), "w") as f:
+    json.dump(dataclasses.asdict(info), f, indent=2)
+
+
+def read_run(workdir):
+  """(config, DataInfo) of the run stored in ``workdir``. Raises UserError when there is none."""
+  path = os.path.join(workdir, "config.json")
+  require(tf.io.gfile.exists(path), f"no run in --workdir {workdir}: {path} is missing")
+  with tf.io.gfile.GFile(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with tf.io.gfile.GFile(os.path.join(workdir, "data_info.json")) as f:
+    info = pipelines.DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()})
+  return config, info
+
+
+def _next_event(step, config, total):
+  upcoming = [total]
+  for key in ("log_every", "sample_every", "checkpoint_every"):
+    every = int(config[key])
+    upcoming.append((step // every + 1) * every)
+  return min(upcoming)
+
+
+def _due(step, every, total):
+  return step % int(every) == 0 or step == total
+
+
+# ---- the loop
+
+
+def train(config, workdir):
+  """Trains (or resumes) the run in ``workdir`` to ``config.steps``. Returns the final metrics."""
+  # ---- config and workdir
+  config = prepare_config(config)
+  total = int(config.steps)
+  check_resume_compatible(config, workdir)
+  latest = checkpoints.latest(workdir)
+  if latest and checkpoints.saved_step(latest) >= total:
+    print(f"{workdir} already reached step {checkpoints.saved_step(latest)} (steps={total}); nothing to do",
+          flush=True)
+    return {}
+  source = pipelines.open_source(config.data)
+
+  # ---- runtime and build
+  runtime = runtime_lib.create(config.runtime)
+  trainer = Trainer(config, runtime, source.info)
+  if runtime.is_chief:
+    write_config(config, source.info, workdir)
+
+  # ---- restore
+  store = checkpoints.Store(workdir, trainer.checkpoint, config.keep_checkpoints, runtime.is_chief)
+  store.restore_latest()
+  step = int(trainer.step.numpy())
+  monitor = monitor_lib.Monitor(workdir, total, step, trainer.global_batch, enabled=runtime.is_chief)
+  monitor.print(f"genscale: {config.model.name} on {source.info.spec} ({source.info.count} images), "
+                f"{runtime.describe()}, {'resuming at step ' + str(step) if step else 'new run'} -> step {total}")
+  iterator = iter(trainer.dataset(source, step))
+  num_classes = trainer.model.num_classes if hasattr(trainer.model, "num_classes") else 0
+  grid_count = int(config.sample_grid)
+  labels = grid_labels(grid_count, num_classes)
+  columns = num_classes if num_classes else None
+  samplers = {"ema": Sampler(runtime, trainer.model, grid_count, ema=True),
+              "raw": Sampler(runtime, trainer.model, grid_count, ema=False)}
+
+  def write_samples(at):
+    for kind, sampler in samplers.items():
+      pixels = image_lib.grid(image_lib.to_uint8(sampler.batch([trainer.seed, 0x5A4D], labels)[:grid_count]),
+                              columns)
+      monitor.image_grid(at, f"samples/{kind}", pixels,
+                         path=f"samples/{kind}_{at:07d}.png" if kind == "ema" else None)
+
+  if step == 0:
+    reals = next(iter(trainer.dataset(source, 0)))
+    first = np.concatenate([r["image"].numpy() for r in runtime.strategy.experimental_local_results(reals)])
+    first = first[:grid_count]
+    monitor.image_grid(0, "data/reals", image_lib.grid(image_lib.to_uint8(first)), path="samples/reals.png")
+    monitor.text(0, "config", "```\n" + config.to_json(indent=2, sort_keys=True) + "\n```")
+
+  # ---- loop: compiled calls on the devices, host work in between.
+  metrics = {}
+  first_call = True
+  while step < total:
+    num = min(runtime.steps_per_loop, _next_event(step, config, total) - step)
+    metrics, finite = trainer.run(iterator, num)
+    step = int(trainer.step.numpy())
+    if not finite:
+      bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+      name, value = next(iter(bad.items())) if bad else ("loss", float("nan"))
+      monitor.close()
+      raise NonFiniteLoss(f"non-finite {name}={value} at step {step - 1}; stopped without saving, the last "
+                          f"checkpoint ({store.manager.latest_checkpoint or 'none'}) is intact")
+    if first_call:
+      monitor.start_clock(step)
+      first_call = False
+    monitor.advance(step)
+    if _due(step, config.log_every, total):
+      monitor.log(step, metrics, extra={"progress/ema_beta": float(trainer.ema_beta().numpy())})
+    if _due(step, config.sample_every, total):
+      write_samples(step)
+    if _due(step, config.checkpoint_every, total):
+      store.save(step)
+
+  monitor.print(f"done: step {step}, {monitor.elapsed():.0f}s in this process, workdir {workdir}")
+  monitor.close()
+  logging.flush()
+  return metrics

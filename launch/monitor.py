@@ -1,0 +1,119 @@
+"""What a run reports while it trains: console lines with rate and ETA, TensorBoard summaries, sample PNGs.
+
+Runs on the host between compiled calls, so nothing here forces a device sync inside a step. Only the chief
+writes files; other workers print nothing but errors.
+"""
+
+import os
+import sys
+import time
+
+import tensorflow as tf
+
+from genscale import images as image_lib
+from genscale.progress import Progress, format_duration
+
+
+class Monitor:
+  """Console and TensorBoard output of one run.
+
+  Args:
+    workdir: the run directory; events go to ``<workdir>/tensorboard``, grids to ``<workdir>/samples``.
+    total_steps: the run's target step.
+    start_step: the step the process starts at (restored or 0).
+    global_batch: images per step, for img/s and kimg.
+    enabled: False on non-chief workers.
+  """
+
+  def __init__(self, workdir, total_steps, start_step, global_batch, enabled=True, stream=None):
+    self.workdir = workdir
+    self.enabled = enabled
+    self.global_batch = global_batch
+    self.stream = stream or sys.stdout
+    self.writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if enabled
+                   else tf.summary.create_noop_writer())
+    self.progress = Progress(total_steps, "train", unit="step", stream=sys.stderr, start=start_step,
+                             every_seconds=float("inf"))
+    self._interactive = enabled and self.progress._interactive  # pylint: disable=protected-access
+    self._last_time = None
+    self._last_step = start_step
+    self._started = time.monotonic()
+
+  def print(self, text):
+    if not self.enabled:
+      return
+    if self._interactive:
+      sys.stderr.write("\r\033[K")
+    self.stream.write(text + "\n")
+    self.stream.flush()
+    if self._interactive:
+      self.progress.update(force=True)
+
+  def start_clock(self, step):
+    """Starts rate measurement (after the first compiled call, so compile time doesn't count)."""
+    self._last_time = time.monotonic()
+    self._last_step = step
+    self.progress = Progress(self.progress.total, "train", unit="step", stream=sys.stderr, start=step,
+                             every_seconds=float("inf"))
+
+  def advance(self, step):
+    if self.enabled and self._interactive:
+      self.progress.update(done=step)
+    else:
+      self.progress.done = step
+
+  def log(self, step, metrics, extra=None):
+    """Writes a log line and TensorBoard scalars for the metrics averaged since the last log."""
+    now = time.monotonic()
+    scalars = dict(metrics)
+    if self._last_time is not None and step > self._last_step:
+      seconds = now - self._last_time
+      scalars["perf/img_per_sec"] = (step - self._last_step) * self.global_batch / seconds
+      scalars["perf/sec_per_step"] = seconds / (step - self._last_step)
+    scalars["progress/kimg"] = step * self.global_batch / 1000.0
+    scalars.update(extra or {})
+    self._last_time, self._last_step = now, step
+    self.scalars(step, scalars)
+    eta = self.progress.eta_seconds() if self.progress.rate() > 0 else None
+    shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(metrics.items()))
+    rate = scalars.get("perf/img_per_sec")
+    self.print(f"step {step}/{self.progress.total} kimg {scalars['progress/kimg']:.1f} "
+               f"{'' if rate is None else f'img/s {rate:.0f} '}ETA {format_duration(eta)} {shown}")
+
+  def scalars(self, step, values):
+    if not self.enabled:
+      return
+    with self.writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(name, float(value))
+    self.writer.flush()
+
+  def image_grid(self, step, tag, pixels, path=None):
+    """Writes a uint8 grid [H, W, C] to TensorBoard and, when ``path`` is given, as a PNG under the workdir."""
+    if not self.enabled:
+      return
+    with self.writer.as_default(step=step):
+      tf.summary.image(tag, pixels[None], step=step)
+    self.writer.flush()
+    if path:
+      image_lib.write_png(os.path.join(self.workdir, path), pixels)
+
+  def text(self, step, tag, value):
+    if not self.enabled:
+      return
+    with self.writer.as_default(step=step):
+      tf.summary.text(tag, value, step=step)
+    self.writer.flush()
+
+  def close(self):
+    if self.enabled and self._interactive:
+      self.progress.close()
+    self.writer.close()
+
+  def elapsed(self):
+    return time.monotonic() - self._started
+
+
+def _fmt(value):
+  value = float(value)
+  return f"{value:.4g}"

@@ -1,0 +1,228 @@
+"""The one place that knows about hardware: distribution strategy, precision policy and XLA.
+
+Everything the rest of the project needs from the machine is on the ``Runtime`` this module returns. Models receive
+only a compute dtype; pipelines receive only the strategy's input contexts; the training loop asks the runtime to
+compile functions. Nothing else creates a strategy or sets a precision policy.
+
+Strategies (``runtime.strategy``):
+  auto         a TPU if one is attached, else every visible GPU (Mirrored), else one CPU device.
+  cpu          CPU only; ``runtime.cpu_replicas=N`` splits the CPU into N logical devices under MirroredStrategy,
+               so multi-replica code paths run and are tested on a laptop.
+  mirrored     every visible GPU, or the logical CPUs when there is no GPU.
+  multiworker  MultiWorkerMirroredStrategy from the TF_CONFIG environment variable.
+  tpu          TPUStrategy; ``runtime.tpu=local`` on Colab and TPU VMs, or a TPU name / grpc address.
+
+Precision (``runtime.precision``): float32, mixed_float16 (with dynamic loss scaling) or mixed_bfloat16. Variables
+are always float32; models cast to the compute dtype and keep sensitive maths in float32.
+
+XLA (``runtime.xla``): the per-replica forward and backward pass (losses and gradients) is compiled. Optimizer
+updates and variable assignments stay outside the compiled region, because XLA can't reach variables placed on
+other devices under MirroredStrategy. On a TPU the whole step is compiled anyway.
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import logging
+import tensorflow as tf
+
+from genscale.errors import UserError, require
+
+STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
+PRECISIONS = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
+ALL_REDUCE = ("auto", "nccl", "hierarchical_copy", "ring")
+
+
+@dataclasses.dataclass
+class Runtime:
+  """What the training loop needs to know about the hardware it runs on."""
+  strategy: tf.distribute.Strategy
+  kind: str  # the strategy actually built: cpu | mirrored | multiworker | tpu
+  precision: str
+  compute_dtype: tf.DType
+  xla: bool
+  steps_per_loop: int
+  devices: tuple
+  worker_index: int = 0
+  num_workers: int = 1
+
+  @property
+  def num_replicas(self):
+    return self.strategy.num_replicas_in_sync
+
+  @property
+  def is_chief(self):
+    """Only the chief writes checkpoints, summaries and samples."""
+    return self.worker_index == 0
+
+  @property
+  def loss_scaling(self):
+    return self.precision == "mixed_float16"
+
+  def compile(self, fn):
+    """Wraps a per-replica function that returns tensors (no variable writes); XLA-compiled when enabled."""
+    return tf.function(fn, jit_compile=True) if self.xla else tf.function(fn)
+
+  def describe(self):
+    return (f"strategy={self.kind} replicas={self.num_replicas} workers={self.num_workers} "
+            f"precision={self.precision} xla={self.xla} devices={','.join(self.devices)}")
+
+
+def validate(config):
+  """Checks the runtime section of a config before anything is built. Raises UserError."""
+  require(config.strategy in STRATEGIES,
+          f"unknown --config.runtime.strategy={config.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+  require(config.precision in PRECISIONS,
+          f"unknown --config.runtime.precision={config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+  require(int(config.cpu_replicas) >= 1,
+          f"--config.runtime.cpu_replicas={config.cpu_replicas} must be at least 1")
+  require(int(config.steps_per_loop) >= 1,
+          f"--config.runtime.steps_per_loop={config.steps_per_loop} must be at least 1")
+  require(config.get("all_reduce", "auto") in ALL_REDUCE,
+          f"unknown --config.runtime.all_reduce={config.get('all_reduce')!r}: choose one of {', '.join(ALL_REDUCE)}")
+
+
+def _logical_cpus(count):
+  """Returns the names of ``count`` logical CPU devices, creating them if TF has not started yet."""
+  physical = tf.config.list_physical_devices("CPU")
+  try:
+    current = tf.config.get_logical_device_configuration(physical[0])
+    if count > 1 and (not current or len(current) < count):
+      tf.config.set_logical_device_configuration(
+          physical[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+  except RuntimeError:
+    pass  # TensorFlow already initialised its devices: use what exists.
+  logical = [d.name for d in tf.config.list_logical_devices("CPU")]
+  require(len(logical) >= count,
+          f"--config.runtime.cpu_replicas={count} but TensorFlow already started with {len(logical)} CPU device(s); "
+          "set cpu_replicas before TensorFlow initialises (a fresh process)")
+  return logical[:count]
+
+
+def _cross_device_ops(all_reduce, devices):
+  """Chooses the all-reduce for MirroredStrategy. NCCL is the fast path for GPUs; without it, hierarchical copy."""
+  gpus = [d for d in devices if "GPU" in d.upper()]
+  if not gpus:
+    return None  # MirroredStrategy picks reduction-to-one-device on CPUs.
+  if all_reduce == "hierarchical_copy":
+    return tf.distribute.HierarchicalCopyAllReduce()
+  if all_reduce in ("nccl", "auto"):
+    nccl_ok = tf.test.is_built_with_cuda()
+    if all_reduce == "nccl":
+      require(nccl_ok, "--config.runtime.all_reduce=nccl but this TensorFlow has no NCCL; use hierarchical_copy")
+    if nccl_ok:
+      return tf.distribute.NcclAllReduce()
+    logging.warning("NCCL not available; falling back to hierarchical-copy all-reduce")
+    return tf.distribute.HierarchicalCopyAllReduce()
+  return None
+
+
+def _tpu_attached():
+  """A cheap guess whether this host has a TPU, so ``auto`` can try TPUStrategy without a slow failure."""
+  return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR") or os.path.exists("/dev/accel0")
+              or os.path.exists("/dev/vfio/0"))
+
+
+def _tpu_strategy(name):
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
+  if name != "local":
+    tf.config.experimental_connect_to_cluster(resolver)
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
+
+
+def _multiworker_strategy(all_reduce):
+  require(os.environ.get("TF_CONFIG"),
+          "--config.runtime.strategy=multiworker needs the TF_CONFIG environment variable; start the workers with "
+          "`python -m launch.multiworker --workers=N -- <train command>` or set TF_CONFIG per host")
+  implementation = {
+      "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+      "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+      "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+      "hierarchical_copy": tf.distribute.experimental.CommunicationImplementation.RING,
+  }[all_reduce]
+  options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+  return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def worker_of(strategy):
+  """Returns (worker index, number of workers) for a strategy; (0, 1) unless it spans several hosts."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 0, 1
+  spec = resolver.cluster_spec().as_dict()
+  workers = len(spec.get("worker", [])) + len(spec.get("chief", []))
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if "chief" in spec:
+    index = 0 if task_type == "chief" else task_id + 1
+  else:
+    index = task_id
+  return index, max(workers, 1)
+
+
+# One strategy per kind and device set in a process. Two MirroredStrategy objects over the same devices share
+# collective keys, so their all-reduces can pair up with each other's and fail with shape mismatches.
+_STRATEGY_CACHE = {}
+
+
+def _cached(key, build):
+  if key not in _STRATEGY_CACHE:
+    _STRATEGY_CACHE[key] = build()
+  return _STRATEGY_CACHE[key]
+
+
+def create(config):
+  """Builds the strategy and sets the precision policy from the ``runtime`` config section."""
+  validate(config)
+  kind = config.strategy
+  all_reduce = config.get("all_reduce", "auto")
+  cpu_replicas = int(config.cpu_replicas)
+
+  if kind == "auto":
+    if _tpu_attached():
+      try:
+        name = config.get("tpu", "local")
+        strategy = _cached(("tpu", name), lambda: _tpu_strategy(name))
+        kind = "tpu"
+      except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        logging.warning("a TPU looked attached but could not be initialised (%s); using GPUs or CPU", e)
+        kind = "auto"
+    if kind == "auto":
+      kind = "mirrored" if tf.config.list_physical_devices("GPU") else "cpu"
+
+  if kind == "tpu" and config.strategy == "tpu":
+    name = config.get("tpu", "local")
+    strategy = _cached(("tpu", name), lambda: _tpu_strategy(name))
+  elif kind == "multiworker":
+    strategy = _cached(("multiworker", all_reduce), lambda: _multiworker_strategy(all_reduce))
+  elif kind in ("mirrored", "cpu"):
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")] if kind == "mirrored" else []
+    devices = tuple(gpus or _logical_cpus(cpu_replicas))
+    if len(devices) == 1:
+      strategy = _cached(("one", devices), lambda: tf.distribute.OneDeviceStrategy(devices[0]))
+    else:
+      strategy = _cached(("mirrored", devices, all_reduce), lambda: tf.distribute.MirroredStrategy(
+          list(devices), cross_device_ops=_cross_device_ops(all_reduce, devices)))
+  elif kind != "tpu":
+    raise UserError(f"unknown --config.runtime.strategy={kind!r}")
+
+  # One precision policy for any Keras layer a model may use; our own layers take the compute dtype explicitly.
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy(config.precision)
+
+  devices = tuple(getattr(strategy.extended, "worker_devices", ()) or ())
+  worker_index, num_workers = worker_of(strategy)
+  return Runtime(strategy=strategy, kind=kind, precision=config.precision,
+                 compute_dtype=PRECISIONS[config.precision], xla=bool(config.xla) or kind == "tpu",
+                 steps_per_loop=int(config.steps_per_loop), devices=devices,
+                 worker_index=worker_index, num_workers=num_workers)
+
+
+def task_info():
+  """(task type, task id) from TF_CONFIG, or (None, None) when it isn't set."""
+  raw = os.environ.get("TF_CONFIG")
+  if not raw:
+    return None, None
+  task = json.loads(raw).get("task", {})
+  return task.get("type"), task.get("index")

@@ -1,0 +1,71 @@
+"""Generating images with a model on every replica; used for sample grids, the sample command and evaluation.
+
+Each call generates one global batch: every replica draws its rows of the per-example randomness (see
+``models.base.BatchRng``) and generates them, and the images are gathered. The image for a given (seed, call,
+row) is the same on one device and on many.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from models.base import BatchRng
+
+
+class Sampler:
+  """Compiled, distributed ``model.generate``.
+
+  Args:
+    runtime: the Runtime.
+    model: a GenerativeModel built under the runtime's strategy.
+    batch_size: images per call; rounded up to a multiple of the number of replicas.
+    ema: use the EMA weights.
+    options: model-specific sampling options (truncation, sampler, steps, guidance...).
+  """
+
+  def __init__(self, runtime, model, batch_size, ema=True, **options):
+    self.runtime = runtime
+    self.model = model
+    replicas = runtime.num_replicas
+    self.batch_size = -(-int(batch_size) // replicas) * replicas
+    self.per_replica = self.batch_size // replicas
+    generate = runtime.compile(
+        lambda rng_key, replica_id, labels: model.generate(
+            BatchRng(rng_key, replica_id, self.per_replica, replicas), labels, ema=ema, **options))
+
+    def replica_fn(rng_key, labels):
+      replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+      mine = tf.slice(labels, [replica_id * self.per_replica], [self.per_replica])
+      return generate(rng_key, replica_id, mine)
+
+    @tf.function
+    def call(rng_key, labels):
+      images = runtime.strategy.run(replica_fn, args=(rng_key, labels))
+      return runtime.strategy.gather(images, axis=0)
+
+    self._call = call
+
+  def batch(self, rng_key, labels=None):
+    """One batch of float32 images in [-1, 1] as numpy [batch_size, H, W, C]."""
+    if labels is None:
+      labels = np.zeros([self.batch_size], np.int32)
+    labels = np.asarray(labels, np.int32)
+    if labels.shape[0] < self.batch_size:
+      labels = np.concatenate([labels, np.zeros([self.batch_size - labels.shape[0]], np.int32)])
+    return self._call(tf.constant(rng_key, tf.int64), tf.constant(labels)).numpy()
+
+  def generate(self, seed, count, labels=None, progress=None):
+    """``count`` images from ``seed``: call i uses key (seed, i). Returns numpy float32 [count, H, W, C]."""
+    out = []
+    for i in range(-(-int(count) // self.batch_size)):
+      chunk = None if labels is None else labels[i * self.batch_size:(i + 1) * self.batch_size]
+      out.append(self.batch([int(seed), i], chunk))
+      if progress is not None:
+        progress.update(done=min((i + 1) * self.batch_size, count))
+    return np.concatenate(out)[:count]
+
+
+def grid_labels(count, num_classes):
+  """Labels for a grid: image i has class i % num_classes, so a grid num_classes wide has one class per column."""
+  if not num_classes:
+    return None
+  return np.arange(count, dtype=np.int32) % num_classes

@@ -1,0 +1,50 @@
+"""Model families, built by name from ``config.model.name``.
+
+Each family registers a ``resolve(config)`` that fills defaults and checks its config section (raising UserError),
+and a model class built as ``cls(config, data_info, compute_dtype)``.
+"""
+
+from genscale.errors import UserError
+
+_REGISTRY = {}
+
+
+def register(name, resolve, cls):
+  _REGISTRY[name] = (resolve, cls)
+
+
+def _entry(name):
+  _load_builtin()
+  if name not in _REGISTRY:
+    raise UserError(f"unknown --config.model.name={name!r}: choose one of {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[name]
+
+
+def names():
+  _load_builtin()
+  return sorted(_REGISTRY)
+
+
+def resolve(config):
+  """Fills model defaults that depend on other settings, validates, and returns the config."""
+  return _entry(config.model.name)[0](config)
+
+
+def build(config, info, compute_dtype):
+  """Builds the model. Call inside ``strategy.scope()``."""
+  return _entry(config.model.name)[1](config, info, compute_dtype)
+
+
+def shape_keys(config):
+  return _entry(config.model.name)[1].shape_keys
+
+
+_BUILTIN_LOADED = []
+
+
+def _load_builtin():
+  if _BUILTIN_LOADED:
+    return
+  _BUILTIN_LOADED.append(True)
+  from models import dcgan  # pylint: disable=g-import-not-at-top
+  register("dcgan", dcgan.resolve, dcgan.DCGAN)

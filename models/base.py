@@ -1,0 +1,194 @@
+"""What every model family provides to the training loop, and the randomness it draws from.
+
+A model is a ``tf.Module`` holding its networks, their EMA copies, its optimizers (``model.optimizers``, a dict)
+and any extra state, all tracked for checkpointing. It describes one training step as a list of ``Phase``s, run in
+order: each phase computes a per-example loss for one replica, and the loop takes its gradients with respect to
+the phase's variables and applies them with the phase's optimizer. A phase with ``interval=k`` runs on steps
+divisible by k (lazy regularisation); its loss should already be scaled by k.
+
+Models know nothing of strategies, devices or files: the loop calls phases once per replica, and randomness comes
+from a ``BatchRng`` that the loop builds for each replica.
+"""
+
+import dataclasses
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from models.layers import stream_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One optimisation phase of a training step.
+
+  Attributes:
+    name: short name, used in metric names ("D", "G", "D_reg").
+    optimizer: key into ``model.optimizers``.
+    variables: the trainable variables this phase updates.
+    loss: ``loss(batch, rng) -> (per_example_loss [b], metrics)``. Runs per replica. ``metrics`` maps names to
+      per-example values [b] (averaged over the global batch) or scalars (averaged over replicas).
+    interval: run on steps where ``step % interval == 0``.
+  """
+  name: str
+  optimizer: str
+  variables: Sequence[tf.Variable]
+  loss: Callable
+  interval: int = 1
+
+
+def _mix32(x):
+  """A bijective 32-bit integer hash with strong avalanche (the "lowbias32" constants by C. Wellons)."""
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+  x = x * tf.constant(0x7FEB352D, tf.uint32)
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
+  x = x * tf.constant(0x846CA68B, tf.uint32)
+  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+
+
+def _low32(x):
+  return tf.cast(tf.bitwise.bitwise_and(tf.cast(x, tf.int64), tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
+
+
+def random_bits(key, stream, counters):
+  """uint32 random bits for int64 ``counters`` under ``key`` (int64 [2]) and a stream name.
+
+  Counter-based: element i of a draw depends only on (key, stream, i), so any slice of a draw can be computed
+  alone, and only integer operations are involved, so the bits are the same with and without XLA and on every
+  device (TensorFlow's stateless Philox gives different values under XLA).
+  """
+  key = tf.cast(key, tf.int64)
+  k0 = _mix32(_low32(key[0]) ^ tf.constant(0x9E3779B9, tf.uint32))
+  k1 = _mix32(k0 ^ _low32(key[1]) ^ _low32(tf.bitwise.right_shift(key[1], tf.constant(32, tf.int64))))
+  k2 = _mix32(k1 ^ tf.constant(stream_id(stream), tf.uint32))
+  high = _low32(tf.bitwise.right_shift(counters, tf.constant(32, tf.int64)))
+  return _mix32(_mix32(_low32(counters) ^ k2) + (high ^ k1))
+
+
+def _unit_uniform(bits):
+  """uint32 bits -> float32 in [0, 1), exactly (24 significant bits)."""
+  return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) * (2.0**-24)
+
+
+def uniform_values(key, stream, counters):
+  return _unit_uniform(random_bits(key, stream, counters))
+
+
+def normal_values(key, stream, counters):
+  """Standard normal values by the Box-Muller transform of two uniforms per value."""
+  u1 = 1.0 - uniform_values(key, stream, 2 * counters)  # in (0, 1], so the log is finite
+  u2 = uniform_values(key, stream, 2 * counters + 1)
+  return tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos((2.0 * 3.141592653589793) * u2)
+
+
+class BatchRng:
+  """Per-example random draws for one replica that don't depend on how the global batch is split.
+
+  A draw of shape [b, *shape] is this replica's rows of a draw of shape [global_batch, *shape] made from a key
+  derived from (seed, step) and the stream name. So one device and N replicas, or a run and its resumption, draw
+  the same numbers for the same examples, with or without XLA (see ``random_bits``).
+
+  Args:
+    key: int64 [2], e.g. (seed, step).
+    replica_id: this replica's index in the sync group (int tensor or Python int).
+    per_replica_batch: examples per replica.
+    num_replicas: replicas in the sync group.
+  """
+
+  def __init__(self, key, replica_id=0, per_replica_batch=None, num_replicas=1):
+    self.key = tf.cast(key, tf.int64)
+    self.replica_id = replica_id
+    self.per_replica_batch = per_replica_batch
+    self.num_replicas = num_replicas
+
+  @property
+  def global_batch(self):
+    return self.per_replica_batch * self.num_replicas
+
+  def _counters(self, shape):
+    """Global element indices of this replica's rows of a [global_batch, *shape] draw."""
+    per_example = 1
+    for size in shape:
+      per_example *= int(size)
+    first = tf.cast(self.replica_id, tf.int64) * (self.per_replica_batch * per_example)
+    flat = first + tf.range(self.per_replica_batch * per_example, dtype=tf.int64)
+    return tf.reshape(flat, [self.per_replica_batch, *shape])
+
+  def normal(self, shape, stream, dtype=tf.float32):
+    """Standard normal values of shape [b, *shape]."""
+    return tf.cast(normal_values(self.key, stream, self._counters(shape)), dtype)
+
+  def uniform(self, shape, stream, minval=0.0, maxval=1.0, dtype=tf.float32):
+    """Uniform values in [minval, maxval) of shape [b, *shape]."""
+    u = uniform_values(self.key, stream, self._counters(shape))
+    return tf.cast(minval + (maxval - minval) * u, dtype)
+
+  def integers(self, shape, stream, maxval):
+    """Uniform int32 values in [0, maxval) of shape [b, *shape]."""
+    u = uniform_values(self.key, stream, self._counters(shape))
+    return tf.minimum(tf.cast(tf.floor(u * maxval), tf.int32), maxval - 1)
+
+  def shared_normal(self, shape, stream):
+    """Standard normal values of ``shape``, the same on every replica (not per example)."""
+    counters = tf.reshape(tf.range(_size(shape), dtype=tf.int64), shape)
+    return normal_values(self.key, "shared/" + stream, counters)
+
+  def shared_uniform(self, shape, stream):
+    """Uniform [0, 1) values of ``shape``, the same on every replica (not per example)."""
+    counters = tf.reshape(tf.range(_size(shape), dtype=tf.int64), shape)
+    return uniform_values(self.key, "shared/" + stream, counters)
+
+
+def _size(shape):
+  size = 1
+  for s in shape:
+    size *= int(s)
+  return size
+
+
+def ema_copy_creator(next_creator, **kwargs):
+  """Variable creator for EMA networks: not trainable, and written by the first replica only.
+
+  The loop updates EMA weights inside the replica context, where every replica computes the same value; with
+  ONLY_FIRST_REPLICA aggregation that assignment is legal under every strategy.
+  """
+  kwargs["trainable"] = False
+  kwargs["aggregation"] = tf.VariableAggregation.ONLY_FIRST_REPLICA
+  return next_creator(**kwargs)
+
+
+def build_ema_copy(build_network, source):
+  """Builds an EMA copy of ``source`` with ``build_network()`` and copies its initial weights."""
+  with tf.variable_creator_scope(ema_copy_creator):
+    copy = build_network()
+  pairs = list(zip(copy.variables, source.variables))
+  for ema, var in pairs:
+    if ema.shape != var.shape:
+      raise ValueError(f"EMA copy mismatch: {ema.name} {ema.shape} vs {var.name} {var.shape}")
+    ema.assign(var)
+  return copy, pairs
+
+
+class GenerativeModel(tf.Module):
+  """The interface the loop, the sampler and the evaluator use. Subclasses set the attributes in __init__.
+
+  Attributes:
+    config: the model's ConfigDict (the ``model`` section).
+    optimizers: dict name -> Keras optimizer; the loop wraps them for loss scaling and builds them.
+    ema_pairs: list of (ema_variable, source_variable) updated by the loop after every step.
+  """
+
+  # Config keys (in the ``model`` section) that fix variable shapes; a resume that changes them is refused.
+  shape_keys = ()
+
+  def phases(self):
+    """The training step as an ordered list of Phase."""
+    raise NotImplementedError
+
+  def generate(self, rng, labels=None, ema=True, **options):
+    """Images in [-1, 1], float32 [b, H, W, C], from per-example randomness ``rng``. Runs per replica."""
+    raise NotImplementedError
+
+  def scalars(self):
+    """Model-specific values to log (name -> tensor), e.g. fade-in alpha or ADA p."""
+    return {}

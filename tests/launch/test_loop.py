@@ -1,0 +1,177 @@
+"""The training loop: reductions over the global batch, strategies, precisions, XLA, EMA, the non-finite guard."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from launch import loop
+from launch import runtime as runtime_lib
+from tests.launch import toy_model
+import pipelines
+
+
+def _trainer(config, **runtime_overrides):
+  config = loop.prepare_config(config)
+  config.runtime.update(runtime_overrides)
+  runtime = runtime_lib.create(config.runtime)
+  source = pipelines.open_source(config.data)
+  trainer = loop.Trainer(config, runtime, source.info)
+  return trainer, trainer.dataset(source, 0), source
+
+
+def _first_global_batch(source, config):
+  layout = pipelines.InputLayout(int(config.batch_size))
+  ds = source.dataset(layout, seed=int(config.seed), start_step=0, resolution=int(config.resolution),
+                      channels=int(config.channels))
+  return next(iter(ds))["image"].numpy()
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras_policy():
+  yield
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_one_sgd_step_matches_the_closed_form(replicas):
+  config = toy_model.config()
+  trainer, ds, source = _trainer(config, cpu_replicas=replicas)
+  m0 = trainer.model.m.numpy()
+  metrics, finite = trainer.run(iter(ds), 1)
+  assert finite
+  x = _first_global_batch(source, config)
+  pixels = m0.size
+  expected = m0 - 0.5 * 2.0 * (m0 - x.mean(axis=0)) / pixels
+  np.testing.assert_allclose(trainer.model.m.numpy(), expected, rtol=1e-6, atol=1e-7)
+  # Metrics are means over the global batch, whatever the number of replicas.
+  assert metrics["fit/x_mean"] == pytest.approx(float(x.mean()), rel=1e-5)
+  assert metrics["fit/loss"] == pytest.approx(float(np.mean((m0 - x)**2)), rel=1e-5)
+  assert int(trainer.step.numpy()) == 1 and int(trainer.nimg.numpy()) == 8
+
+
+def test_ema_follows_the_halflife_rule():
+  config = toy_model.config(ema_halflife_kimg=0.004, ema_rampup=None)  # half-life 4 images = half a step
+  trainer, ds, _ = _trainer(config)
+  ema0 = trainer.model.ema.m.numpy()
+  trainer.run(iter(ds), 1)
+  beta = 0.5**(8 / 4.0)
+  expected = trainer.model.m.numpy() + (ema0 - trainer.model.m.numpy()) * beta
+  np.testing.assert_allclose(trainer.model.ema.m.numpy(), expected, rtol=1e-6)
+
+
+def test_ema_rampup_limits_the_halflife_early():
+  config = toy_model.config(ema_halflife_kimg=10.0, ema_rampup=0.5)
+  trainer, ds, _ = _trainer(config)
+  trainer.run(iter(ds), 3)  # nimg = 24, half-life min(10000, 12) images
+  assert float(trainer.ema_beta().numpy()) == pytest.approx(0.5**(8 / 12.0), rel=1e-6)
+
+
+def _weights(trainer):
+  return {v.name + str(i): v.numpy() for i, v in enumerate(trainer.model.variables)}
+
+
+def _replica_invariant_dcgan(tiny_dcgan):
+  # Layer normalisation treats examples independently, so results don't depend on the batch split.
+  tiny_dcgan.model.g_norm = "layer"
+  tiny_dcgan.model.d_norm = "layer"
+  return tiny_dcgan
+
+
+def test_one_device_and_mirrored_reach_the_same_weights(tiny_dcgan):
+  config = _replica_invariant_dcgan(tiny_dcgan)
+  results = []
+  for replicas in (1, 2):
+    trainer, ds, _ = _trainer(config, cpu_replicas=replicas)
+    assert trainer.runtime.num_replicas == replicas
+    trainer.run(iter(ds), 2)
+    results.append(_weights(trainer))
+  for name, value in results[0].items():
+    np.testing.assert_allclose(results[1][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_xla_and_no_xla_agree(tiny_dcgan):
+  config = _replica_invariant_dcgan(tiny_dcgan)
+  results = []
+  for xla in (False, True):
+    trainer, ds, _ = _trainer(config, xla=xla)
+    metrics, _ = trainer.run(iter(ds), 2)
+    results.append((_weights(trainer), metrics))
+  for name, value in results[0][0].items():
+    np.testing.assert_allclose(results[1][0][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+  for name, value in results[0][1].items():
+    assert results[1][1][name] == pytest.approx(value, rel=1e-4, abs=1e-5)
+
+
+def test_xla_under_mirrored_trains(tiny_dcgan):
+  trainer, ds, _ = _trainer(tiny_dcgan, xla=True, cpu_replicas=2, steps_per_loop=2)
+  metrics, finite = trainer.run(iter(ds), 3)
+  assert finite and int(trainer.step.numpy()) == 3
+  assert all(np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_each_precision_trains_with_finite_losses(tiny_dcgan, precision):
+  trainer, ds, _ = _trainer(tiny_dcgan, precision=precision)
+  before = _weights(trainer)
+  metrics, finite = trainer.run(iter(ds), 3)
+  assert finite
+  assert {"D/loss", "G/loss", "D/real", "D/fake"} <= set(metrics)
+  assert all(np.isfinite(v) for v in metrics.values())
+  after = _weights(trainer)
+  assert all(v.dtype == np.float32 for v in after.values())
+  assert any(not np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_loss_scaling_skips_an_inf_gradient(tiny_dcgan):
+  trainer, _, _ = _trainer(tiny_dcgan, precision="mixed_float16")
+  optimizer = trainer.model.optimizers["d"]
+  variables = trainer.model.discriminator.trainable_variables
+  scale = float(optimizer.dynamic_scale.numpy())
+  before = [v.numpy() for v in variables]
+
+  @tf.function
+  def apply(value):
+    grads = [tf.fill(v.shape, value) for v in variables]
+    grads[0] = grads[0] * float("inf")
+    optimizer.apply_gradients(zip(grads, variables))
+
+  trainer.runtime.strategy.run(apply, args=(tf.constant(1.0),))
+  for a, v in zip(before, variables):
+    np.testing.assert_array_equal(a, v.numpy())
+  assert float(optimizer.dynamic_scale.numpy()) == scale / 2
+  # A finite gradient is applied afterwards.
+  finite_apply = tf.function(lambda: optimizer.apply_gradients(
+      zip([tf.fill(v.shape, 1.0) for v in variables], variables)))
+  trainer.runtime.strategy.run(finite_apply)
+  assert not np.array_equal(before[1], variables[1].numpy())
+
+
+def test_lazy_phases_run_at_their_interval(tiny_dcgan):
+  tiny_dcgan.model.n_critic = 3
+  trainer, ds, _ = _trainer(tiny_dcgan, steps_per_loop=4)
+  metrics, _ = trainer.run(iter(ds), 7)
+  assert int(trainer.model.optimizers["d"].iterations.numpy()) == 7
+  assert int(trainer.model.optimizers["g"].iterations.numpy()) == 3  # steps 0, 3, 6
+  assert "G/loss" in metrics
+
+
+def test_a_nonfinite_loss_ends_the_call_at_that_step():
+  config = toy_model.config(model={"name": "mean_image", "lr": 0.5, "nan_at_step": 3, "width": 1})
+  trainer, ds, _ = _trainer(config)
+  metrics, finite = trainer.run(iter(ds), 10)
+  assert not finite
+  assert int(trainer.step.numpy()) == 4  # steps 0..3 ran; step 3 was the bad one
+  assert np.isnan(metrics["fit/loss"])
+
+
+def test_train_stops_on_nonfinite_loss_and_keeps_the_last_checkpoint(tmp_path):
+  config = toy_model.config(steps=20, checkpoint_every=5, log_every=5, sample_every=10,
+                            model={"name": "mean_image", "lr": 0.5, "nan_at_step": 12, "width": 1})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(loop.NonFiniteLoss, match="fit/loss=nan at step 12"):
+    loop.train(config, workdir)
+  from launch import checkpoints  # pylint: disable=g-import-not-at-top
+  latest = checkpoints.latest(workdir)
+  assert latest.endswith("ckpt-10") and checkpoints.saved_step(latest) == 10
+  assert np.all(np.isfinite(tf.train.load_variable(latest, "model/m/.ATTRIBUTES/VARIABLE_VALUE")))

@@ -1,0 +1,126 @@
+"""The train and sample commands as a user runs them: files written, resume, and one-line errors."""
+
+import glob
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from launch import checkpoints
+from tests.conftest import error_lines, run_module
+
+SMALL = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
+         "--config.batch_size=16", "--config.log_every=5", "--config.sample_every=10",
+         "--config.checkpoint_every=10", "--config.sample_grid=16"]
+
+
+def _event_steps(workdir, tag):
+  steps = []
+  for path in glob.glob(os.path.join(workdir, "tensorboard", "events.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      steps += [event.step for v in event.summary.value if v.tag == tag]
+  return sorted(steps)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 20-step run, then the same command with steps=30 (a resume)."""
+  workdir = str(tmp_path_factory.mktemp("cli") / "run")
+  first = run_module("launch.train", *SMALL, f"--workdir={workdir}", "--config.steps=20")
+  assert first.returncode == 0, first.stderr[-3000:]
+  saved = {name: tf.train.load_variable(checkpoints.latest(workdir), name)
+           for name, _ in tf.train.list_variables(checkpoints.latest(workdir)) if name.startswith("model/")}
+  events_after_first = _event_steps(workdir, "D/loss")
+  second = run_module("launch.train", *SMALL, f"--workdir={workdir}", "--config.steps=30")
+  assert second.returncode == 0, second.stderr[-3000:]
+  return workdir, first, second, saved, events_after_first
+
+
+def test_a_run_writes_checkpoints_events_samples_and_config(trained):
+  workdir, first, _, _, events_after_first = trained
+  assert "step 20/20" in first.stdout
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert os.path.exists(os.path.join(workdir, "checkpoints", "ckpt-10.index"))
+  assert os.path.exists(os.path.join(workdir, "checkpoints", "ckpt-20.index"))
+  assert events_after_first == [5, 10, 15, 20]
+  grid = np.asarray(Image.open(os.path.join(workdir, "samples", "ema_0000020.png")))
+  assert grid.shape[:2] == (4 * 33 + 1, 4 * 33 + 1)  # 16 images of 32x32 with 1-pixel borders
+  assert os.path.exists(os.path.join(workdir, "samples", "reals.png"))
+
+
+def test_rerunning_resumes_where_the_run_stopped(trained):
+  workdir, _, second, saved, _ = trained
+  assert "resuming at step 20" in second.stdout
+  assert "step 30/30" in second.stdout and "step 5/30" not in second.stdout
+  assert checkpoints.saved_step(checkpoints.latest(workdir)) == 30
+  assert _event_steps(workdir, "D/loss") == [5, 10, 15, 20, 25, 30]  # no restart in the curves
+
+
+def test_resume_restores_the_saved_weights(trained):
+  # The run at step 20 and a Trainer restored from its checkpoint hold the same weights.
+  workdir, _, _, saved, _ = trained
+  from launch import loop, runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  import pipelines  # pylint: disable=g-import-not-at-top
+  config, info = loop.read_run(workdir)
+  trainer = loop.Trainer(config, runtime_lib.create(config.runtime), info)
+  store = checkpoints.Store(workdir, trainer.checkpoint, 3)
+  trainer.checkpoint.restore(os.path.join(workdir, "checkpoints", "ckpt-20")).assert_existing_objects_matched()
+  assert int(trainer.step.numpy()) == 20 and int(trainer.nimg.numpy()) == 320
+  restored = {v.name: v.numpy() for v in trainer.model.generator.variables}
+  assert restored
+  key = "model/generator/project/w/.ATTRIBUTES/VARIABLE_VALUE"
+  np.testing.assert_array_equal(saved[key], trainer.model.generator.project.w.numpy())
+  del store, pipelines
+
+
+def test_a_finished_run_exits_at_once(trained):
+  workdir = trained[0]
+  again = run_module("launch.train", *SMALL, f"--workdir={workdir}", "--config.steps=30")
+  assert again.returncode == 0
+  assert "already reached step 30" in again.stdout
+
+
+def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
+  workdir = trained[0]
+  png = str(tmp_path / "grid.png")
+  npz = str(tmp_path / "samples.npz")
+  result = run_module("launch.sample", f"--workdir={workdir}", "--num=10", f"--out={png}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert np.asarray(Image.open(png)).shape[:2] == (3 * 33 + 1, 4 * 33 + 1)  # 10 images: 4 columns, 3 rows
+  result = run_module("launch.sample", f"--workdir={workdir}", "--num=10", f"--out={npz}", "--batch_size=4")
+  assert result.returncode == 0, result.stderr[-2000:]
+  images = np.load(npz)["images"]
+  assert images.shape == (10, 32, 32, 1) and images.dtype == np.uint8
+  # The same seed gives the same images whatever the output format.
+  first = np.load(npz)["images"]
+  result = run_module("launch.sample", f"--workdir={workdir}", "--num=10", f"--out={npz}", "--batch_size=4")
+  np.testing.assert_array_equal(np.load(npz)["images"], first)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.batch_size=30", "--config.runtime.cpu_replicas=4"],
+     "--config.batch_size 30 is not divisible by 4 replicas"),
+    (["--config.model.name=stylegan9"], "unknown --config.model.name='stylegan9'"),
+    (["--config.model.loss=wasserstein"], "unknown --config.model.loss='wasserstein'"),
+    (["--config.runtime.precision=float16"], "unknown --config.runtime.precision='float16'"),
+    (["--config.data=embedded:cifar"], "unknown embedded dataset"),
+])
+def test_bad_config_exits_with_one_line(tmp_path, args, message):
+  result = run_module("launch.train", "--config=launch/configs/dcgan.py:cpu", f"--workdir={tmp_path / 'w'}",
+                      "--config.steps=1", *args)
+  assert result.returncode == 2
+  errors = error_lines(result.stderr)
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_resume_with_a_different_shape_is_refused(trained):
+  workdir = trained[0]
+  result = run_module("launch.train", *SMALL, f"--workdir={workdir}", "--config.steps=40",
+                      "--config.model.g_width=16")
+  assert result.returncode == 2
+  assert error_lines(result.stderr) == [
+      f"genscale: error: --workdir {workdir} holds a run with model.g_width=8, but this config has "
+      "model.g_width=16; resume with --config.model.g_width=8 or use a new --workdir"]

@@ -1,0 +1,108 @@
+"""DCGAN networks: shapes, conditioning, deterministic initialisation, config checks."""
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from genscale.errors import UserError
+from launch import loop
+from launch.configs import dcgan as dcgan_config
+from models import base
+from models import dcgan
+import pipelines
+
+INFO = pipelines.DataInfo(spec="test", count=10, resolution=32, channels=1, num_classes=10)
+
+
+def _model(config, info=INFO, dtype=tf.float32):
+  return dcgan.DCGAN(loop.prepare_config(config), info, dtype)
+
+
+@pytest.mark.parametrize("resolution,channels", [(16, 1), (32, 3), (64, 3)])
+def test_output_shapes(tiny_dcgan, resolution, channels):
+  tiny_dcgan.resolution, tiny_dcgan.channels = resolution, channels
+  model = _model(tiny_dcgan)
+  rng = base.BatchRng(tf.constant([0, 0], tf.int64), 0, 4, 1)
+  images = model.generate(rng)
+  assert images.shape == (4, resolution, resolution, channels)
+  assert images.dtype == tf.float32
+  assert float(tf.reduce_max(tf.abs(images))) <= 1.0
+  logits = model.discriminator(images)
+  assert logits.shape == (4,)
+
+
+@pytest.mark.parametrize("conditioning", ["concat", "projection"])
+def test_conditional_models_depend_on_the_label(tiny_dcgan, conditioning):
+  tiny_dcgan.model.conditional = True
+  tiny_dcgan.model.conditioning = conditioning
+  model = _model(tiny_dcgan)
+  rng = base.BatchRng(tf.constant([0, 0], tf.int64), 0, 4, 1)
+  a = model.generate(rng, tf.constant([1, 1, 1, 1]), ema=False)
+  b = model.generate(rng, tf.constant([2, 2, 2, 2]), ema=False)
+  assert not np.allclose(a.numpy(), b.numpy())
+  da = model.discriminator(a, tf.constant([1, 1, 1, 1]))
+  db = model.discriminator(a, tf.constant([2, 2, 2, 2]))
+  assert not np.allclose(da.numpy(), db.numpy())
+
+
+def test_initialisation_is_deterministic_and_seeded(tiny_dcgan):
+  first = [v.numpy() for v in _model(tiny_dcgan).generator.variables]
+  again = [v.numpy() for v in _model(tiny_dcgan).generator.variables]
+  tiny_dcgan.seed = 1
+  other = [v.numpy() for v in _model(tiny_dcgan).generator.variables]
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(first, other) if a.size > 1)
+
+
+def test_bfloat16_networks_keep_float32_variables_and_outputs(tiny_dcgan):
+  model = _model(tiny_dcgan, dtype=tf.bfloat16)
+  assert all(v.dtype == tf.float32 for v in model.variables)
+  images = model.generate(base.BatchRng(tf.constant([0, 0], tf.int64), 0, 2, 1))
+  assert images.dtype == tf.float32
+  assert model.discriminator(images).dtype == tf.float32
+
+
+def test_loss_presets_fill_unset_values_only(tiny_dcgan):
+  tiny_dcgan.model.loss = "wgan-gp"
+  tiny_dcgan.model.d_norm = "layer"
+  tiny_dcgan.model.lr = 3e-4
+  m = loop.prepare_config(tiny_dcgan).model
+  assert (m.optimizer, m.lr, m.beta1, m.beta2, m.n_critic) == ("adam", 3e-4, 0.0, 0.9, 5)
+
+
+def test_wgan_clips_discriminator_weights_after_each_update(tiny_dcgan):
+  tiny_dcgan.model.loss = "wgan"
+  model = _model(tiny_dcgan)
+  opt = model.optimizers["d"]
+  opt.build(model.discriminator.trainable_variables)
+  grads = [tf.fill(v.shape, -100.0) for v in model.discriminator.trainable_variables]
+  opt.apply_gradients(zip(grads, model.discriminator.trainable_variables))
+  biggest = max(float(tf.reduce_max(tf.abs(v))) for v in model.discriminator.trainable_variables)
+  assert biggest == pytest.approx(0.01)
+  assert all(v.constraint is None for v in model.generator.trainable_variables)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"loss": "wasserstein"}, "unknown --config.model.loss"),
+    ({"loss": "wgan-gp"}, "d_norm=layer or none"),
+    ({"conditioning": "film"}, "conditioning"),
+])
+def test_bad_model_settings_are_refused(tiny_dcgan, change, message):
+  tiny_dcgan.model.update(change)
+  with pytest.raises(UserError, match=message):
+    loop.prepare_config(tiny_dcgan)
+
+
+def test_conditional_without_labels_is_refused(tiny_dcgan):
+  tiny_dcgan.model.conditional = True
+  unlabelled = pipelines.DataInfo(spec="folder:x", count=10, resolution=32, channels=1, num_classes=0)
+  with pytest.raises(UserError, match="has no labels"):
+    _model(tiny_dcgan, unlabelled)
+
+
+def test_every_variant_resolves():
+  for variant in ("cpu", "gpu", "tpu"):
+    config = loop.prepare_config(dcgan_config.get_config(variant))
+    assert isinstance(config, ml_collections.ConfigDict)
