@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from launch import cli
+from genscale import cli
 
 cli.configure_environment()
 

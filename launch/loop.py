@@ -99,6 +99,7 @@ class Trainer:
     self._grads = {p.name: runtime.compile(self._gradient_fn(p)) for p in self.phases}
     self._segments = _segments(self.phases)
     self._accumulators = {}
+    self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     self._train = tf.function(self._train_steps)
 
   # ---- per replica
@@ -172,10 +173,28 @@ class Trainer:
       finite = tf.logical_and(finite, tf.math.is_finite(value))
     return finite
 
-  def _one_step(self, iterator):
+  def _next_batch(self, iterator, previous_step_done):
+    """The next distributed batch, and the seconds the step waited for it (including the copy to the devices).
+
+    The clock starts when the previous step has finished, and the returned wait is what the step's counter and
+    random key hang on, so no work of the step runs before its batch arrives: the interval is idle time, not
+    time the executor spent on other ready work.
+    """
+    with tf.control_dependencies([previous_step_done]):
+      start = tf.timestamp()
+    with tf.control_dependencies([start]):
+      batch = next(iterator)
+    with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
+      waited = tf.timestamp() - start
+    self._input_wait.assign_add(waited)
+    return batch, waited
+
+  def _one_step(self, iterator, previous_step_done):
+    """One training step; returns (all metrics finite, the new step counter value)."""
     strategy = self.runtime.strategy
-    batch = next(iterator)
-    step = tf.identity(self.step)
+    batch, waited = self._next_batch(iterator, previous_step_done)
+    with tf.control_dependencies([waited]):
+      step = tf.identity(self.step)
     finite = tf.constant(True)
     for interval, phases in self._segments:
       if interval == 1:
@@ -186,14 +205,14 @@ class Trainer:
       finite = tf.logical_and(finite, ok)
     if self.model.ema_pairs:
       strategy.run(self._replica_ema, args=(self.ema_beta(),))
-    self.step.assign_add(1)
     self.nimg.assign_add(self.global_batch)
-    return finite
+    return finite, self.step.assign_add(1)
 
   def _train_steps(self, iterator, num_steps):
     finite = tf.constant(True)
+    done = tf.constant(0, tf.int64)
     for _ in tf.range(num_steps):
-      finite = self._one_step(iterator)
+      finite, done = self._one_step(iterator, done)
       if not finite:
         break
     return finite
@@ -201,29 +220,36 @@ class Trainer:
   # ---- host
 
   def run(self, iterator, num_steps):
-    """Runs up to ``num_steps`` steps in one compiled call. Returns (mean metrics, finite)."""
+    """Runs up to ``num_steps`` steps in one compiled call. Returns (mean metrics, finite).
+
+    The metrics include ``perf/input_wait_sec``: seconds of the call spent waiting for input batches.
+    """
     for total, count in self._accumulators.values():
       total.assign(0.0)
       count.assign(0.0)
+    self._input_wait.assign(0.0)
     finite = bool(self._train(iterator, tf.constant(int(num_steps), tf.int64)))
-    means = {}
+    means = {"perf/input_wait_sec": float(self._input_wait.numpy())}
+    self.last_counts = {}
     for name, (total, count) in self._accumulators.items():
       if count.numpy() > 0:
         means[name] = float(total.numpy() / count.numpy())
+        self.last_counts[name] = float(count.numpy())
     return means, finite
 
   def dataset_spec(self):
     """The TensorSpec of one replica's batch."""
     c = self.config
-    shape = [self.per_replica_batch, int(c.resolution), int(c.resolution), int(c.channels)]
+    height, width = pipelines.parse_resolution(c.resolution)
+    shape = [self.per_replica_batch, height, width, int(c.channels)]
     return {"image": tf.TensorSpec(shape, tf.float32), "label": tf.TensorSpec([self.per_replica_batch], tf.int32)}
 
   def dataset(self, source, start_step):
     """The distributed training input, starting at ``start_step``."""
     c = self.config
     return pipelines.distribute(self.runtime.strategy, source, global_batch=self.global_batch, seed=self.seed,
-                                start_step=start_step, resolution=int(c.resolution), channels=int(c.channels),
-                                flip=bool(c.flip))
+                                start_step=start_step, resolution=pipelines.parse_resolution(c.resolution),
+                                channels=int(c.channels), flip=bool(c.flip))
 
 
 # ---- config and workdir
@@ -238,6 +264,8 @@ def prepare_config(config):
   for key in ("log_every", "sample_every", "checkpoint_every"):
     require(int(config[key]) >= 1, f"--config.{key}={config[key]} must be at least 1")
   require(int(config.channels) in (1, 3), f"--config.channels={config.channels} must be 1 or 3")
+  pipelines.parse_resolution(config.resolution)
+  pipelines.InputOptions.from_config(config.get("input"))
   return models.resolve(config)
 
 
@@ -286,6 +314,22 @@ def read_run(workdir):
   return config, info
 
 
+class MetricWindow:
+  """Averages the metrics of several compiled calls between two log lines (host only)."""
+
+  def __init__(self):
+    self.sums, self.counts, self.input_wait = {}, {}, 0.0
+
+  def add(self, means, counts):
+    self.input_wait += means.get("perf/input_wait_sec", 0.0)
+    for name, count in counts.items():
+      self.sums[name] = self.sums.get(name, 0.0) + means[name] * count
+      self.counts[name] = self.counts.get(name, 0.0) + count
+
+  def means(self):
+    return {name: self.sums[name] / self.counts[name] for name in self.sums}
+
+
 def _next_event(step, config, total):
   upcoming = [total]
   for key in ("log_every", "sample_every", "checkpoint_every"):
@@ -312,7 +356,7 @@ def train(config, workdir):
     print(f"{workdir} already reached step {checkpoints.saved_step(latest)} (steps={total}); nothing to do",
           flush=True)
     return {}
-  source = pipelines.open_source(config.data)
+  source = pipelines.open_source(config.data, config.get("input"))
 
   # ---- runtime and build
   runtime = runtime_lib.create(config.runtime)
@@ -351,11 +395,14 @@ def train(config, workdir):
 
   # ---- loop: compiled calls on the devices, host work in between.
   metrics = {}
+  window = MetricWindow()
   first_call = True
   while step < total:
     num = min(runtime.steps_per_loop, _next_event(step, config, total) - step)
     metrics, finite = trainer.run(iterator, num)
     step = int(trainer.step.numpy())
+    if not first_call:  # the first call includes tracing and compilation
+      window.add(metrics, trainer.last_counts)
     if not finite:
       bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
       name, value = next(iter(bad.items())) if bad else ("loss", float("nan"))
@@ -367,7 +414,10 @@ def train(config, workdir):
       first_call = False
     monitor.advance(step)
     if _due(step, config.log_every, total):
-      monitor.log(step, metrics, extra={"progress/ema_beta": float(trainer.ema_beta().numpy())})
+      monitor.log(step, window.means() or {k: v for k, v in metrics.items() if not k.startswith("perf/")},
+                  input_wait_sec=window.input_wait,
+                  extra={"progress/ema_beta": float(trainer.ema_beta().numpy())})
+      window = MetricWindow()
     if _due(step, config.sample_every, total):
       write_samples(step)
     if _due(step, config.checkpoint_every, total):

@@ -62,14 +62,19 @@ class Monitor:
     else:
       self.progress.done = step
 
-  def log(self, step, metrics, extra=None):
-    """Writes a log line and TensorBoard scalars for the metrics averaged since the last log."""
+  def log(self, step, metrics, input_wait_sec=None, extra=None):
+    """Writes a log line and TensorBoard scalars for the metrics averaged since the last log.
+
+    ``input_wait_sec``: seconds the compiled calls since the last log spent waiting for input.
+    """
     now = time.monotonic()
     scalars = dict(metrics)
     if self._last_time is not None and step > self._last_step:
       seconds = now - self._last_time
       scalars["perf/img_per_sec"] = (step - self._last_step) * self.global_batch / seconds
       scalars["perf/sec_per_step"] = seconds / (step - self._last_step)
+      if input_wait_sec is not None:
+        scalars["perf/input_wait_fraction"] = input_wait_sec / seconds
     scalars["progress/kimg"] = step * self.global_batch / 1000.0
     scalars.update(extra or {})
     self._last_time, self._last_step = now, step
@@ -77,8 +82,10 @@ class Monitor:
     eta = self.progress.eta_seconds() if self.progress.rate() > 0 else None
     shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(metrics.items()))
     rate = scalars.get("perf/img_per_sec")
+    wait = scalars.get("perf/input_wait_fraction")
     self.print(f"step {step}/{self.progress.total} kimg {scalars['progress/kimg']:.1f} "
-               f"{'' if rate is None else f'img/s {rate:.0f} '}ETA {format_duration(eta)} {shown}")
+               f"{'' if rate is None else f'img/s {rate:.0f} '}"
+               f"{'' if wait is None else f'input-wait {100 * wait:.1f}% '}ETA {format_duration(eta)} {shown}")
 
   def scalars(self, step, values):
     if not self.enabled:

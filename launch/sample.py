@@ -7,7 +7,7 @@ conditional models, ``labels``, which outside scorers can read.
 
 import os
 
-from launch import cli
+from genscale import cli
 
 cli.configure_environment()
 

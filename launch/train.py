@@ -7,7 +7,7 @@ in the workdir. Exit status: 0 done, 2 bad input, 3 non-finite loss.
 
 import sys
 
-from launch import cli
+from genscale import cli
 
 cli.configure_environment()
 

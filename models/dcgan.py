@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from genscale.errors import UserError, require
+from genscale.shapes import parse_resolution
 from models import base
 from models import layers
 from models import losses
@@ -55,10 +56,17 @@ def resolve(config):
   require(not (needs_independent_examples and m.d_norm == "batch"),
           f"--config.model.loss={m.loss} with r1_gamma={m.r1_gamma} penalises per-example input gradients, which "
           "batch normalisation in D mixes; set --config.model.d_norm=layer or none")
-  res = int(config.resolution)
-  require(res >= 8 and res & (res - 1) == 0,
-          f"--config.resolution={res}: DCGAN needs a power of two of at least 8")
+  height, width = parse_resolution(config.resolution)
+  levels = _levels(height, width)
+  require(min(height, width) >= 8 and height % 2**levels == 0 and width % 2**levels == 0,
+          f"--config.resolution={config.resolution}: DCGAN needs sides of at least 8 that halve down to 4 "
+          "(e.g. 32, 64 or 32x64)")
   return config
+
+
+def _levels(height, width):
+  """Number of 2x resolution steps between the 4-pixel base (shorter side) and the image."""
+  return max(int(math.log2(min(height, width))) - 2, 1)
 
 
 def _leaky(x):
@@ -71,10 +79,13 @@ class Generator(tf.Module):
     super().__init__(name="generator")
     self.latent_dim = int(m.latent_dim)
     self.num_classes = num_classes
-    num_up = int(math.log2(resolution)) - 2
+    height, width = resolution
+    num_up = _levels(height, width)
+    self.base_shape = (height // 2**num_up, width // 2**num_up)
     widths = [int(m.g_width) * 2**(num_up - 1 - i) for i in range(num_up)]  # e.g. 256, 128, 64 for 32x32
     self.base_width = widths[0]
-    self.project = layers.Dense(self.latent_dim + num_classes, 16 * widths[0], keys, init_std=_INIT_STD,
+    base_pixels = self.base_shape[0] * self.base_shape[1]
+    self.project = layers.Dense(self.latent_dim + num_classes, base_pixels * widths[0], keys, init_std=_INIT_STD,
                                 dtype=dtype)
     self.norms = [layers.normalization(m.g_norm, widths[0], keys, dtype, gamma_std=_INIT_STD)]
     self.ups = []
@@ -88,7 +99,7 @@ class Generator(tf.Module):
     if self.num_classes:
       z = tf.concat([z, tf.one_hot(labels, self.num_classes, dtype=z.dtype)], axis=-1)
     x = self.project(z)
-    x = tf.reshape(x, [-1, 4, 4, self.base_width])
+    x = tf.reshape(x, [-1, self.base_shape[0], self.base_shape[1], self.base_width])
     x = tf.nn.relu(self.norms[0](x))
     for i, up in enumerate(self.ups):
       x = up(x)
@@ -103,7 +114,8 @@ class Discriminator(tf.Module):
     super().__init__(name="discriminator")
     self.num_classes = num_classes
     self.conditioning = m.conditioning if num_classes else None
-    num_down = int(math.log2(resolution)) - 2
+    height, width = resolution
+    num_down = _levels(height, width)
     widths = [int(m.d_width) * 2**i for i in range(num_down)]  # e.g. 64, 128, 256 for 32x32
     extra = num_classes if self.conditioning == "concat" else 0
     self.convs, self.norms = [], []
@@ -113,7 +125,7 @@ class Discriminator(tf.Module):
       self.norms.append(layers.normalization("none" if i == 0 else m.d_norm, width, keys, dtype,
                                              gamma_std=_INIT_STD))
       prev = width
-    self.features = 16 * widths[-1]
+    self.features = (height // 2**num_down) * (width // 2**num_down) * widths[-1]
     self.logit = layers.Dense(self.features, 1, keys, init_std=_INIT_STD, dtype=dtype)
     if self.conditioning == "projection":
       self.embed = layers.Embedding(num_classes, self.features, keys, init_std=_INIT_STD, dtype=dtype)
@@ -154,7 +166,7 @@ class DCGAN(base.GenerativeModel):
     self.gp_weight = float(m.gp_weight)
     self.r1_gamma = float(m.r1_gamma)
     keys = layers.Keys(config.seed)
-    args = (m, int(config.resolution), int(config.channels), self.num_classes)
+    args = (m, parse_resolution(config.resolution), int(config.channels), self.num_classes)
     self.generator = Generator(*args, keys, compute_dtype)
     if m.loss == "wgan":
       clip = float(m.clip)

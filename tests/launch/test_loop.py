@@ -100,7 +100,8 @@ def test_xla_and_no_xla_agree(tiny_dcgan):
   for name, value in results[0][0].items():
     np.testing.assert_allclose(results[1][0][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
   for name, value in results[0][1].items():
-    assert results[1][1][name] == pytest.approx(value, rel=1e-4, abs=1e-5)
+    if not name.startswith("perf/"):
+      assert results[1][1][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
 
 
 def test_xla_under_mirrored_trains(tiny_dcgan):

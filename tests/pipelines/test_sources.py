@@ -51,7 +51,7 @@ def test_dataset_yields_static_model_batches_at_the_training_resolution():
 
 def test_transforms_agree_eagerly_and_in_tf_data():
   images = np.random.default_rng(0).integers(0, 256, [4, 32, 32, 1], dtype=np.uint8)
-  transform = pipelines.sources.make_transform(16, 3)
+  transform = pipelines.sources.model_transform((16, 16), 3, "center")
   eager = transform(tf.constant(images)).numpy()
   in_data = next(iter(tf.data.Dataset.from_tensors(images).map(transform))).numpy()
   np.testing.assert_array_equal(eager, in_data)
@@ -66,4 +66,9 @@ def test_channel_conversion():
   gray = tf.constant([[[[10]]]], tf.uint8)
   assert transforms.to_channels(gray, 3).numpy().ravel().tolist() == [10, 10, 10]
   rgba = tf.constant([[[[200, 100, 50, 0]]]], tf.uint8)
-  assert transforms.to_channels(rgba, 3).numpy().ravel().tolist() == [0, 0, 0]
+  assert transforms.to_channels(rgba, 3).numpy().ravel().tolist() == [200, 100, 50]  # alpha dropped, as PIL does
+  for image in ([[[[255, 0, 0]]]], [[[[200, 100, 50, 7]]]], [[[[9, 250]]]]):
+    array = np.asarray(image, np.uint8)
+    for channels in (1, 3):
+      np.testing.assert_array_equal(transforms.to_channels(tf.constant(array), channels).numpy()[0],
+                                    transforms.to_channels_numpy(array[0], channels))
