@@ -35,6 +35,9 @@ import models
 import pipelines
 
 
+_NUM, _DEN = "/__numerator", "/__denominator"
+
+
 class NonFiniteLoss(Exception):
   """A loss became NaN or infinite; the run stopped without saving."""
 
@@ -126,7 +129,12 @@ class Trainer:
       if missing:
         raise ValueError(f"phase {phase.name}: no gradient for {', '.join(missing)}")
       out = {f"{phase.name}/loss": loss}
-      out.update({name: contribution(value) for name, value in metrics.items()})
+      for name, value in metrics.items():
+        if isinstance(value, tuple):  # (numerator, denominator) per example: a ratio of sums, e.g. a bucket mean
+          out[name + _NUM] = tf.reduce_sum(tf.cast(value[0], tf.float32))
+          out[name + _DEN] = tf.reduce_sum(tf.cast(value[1], tf.float32))
+        else:
+          out[name] = contribution(value)
       return out, grads
 
     return gradients
@@ -232,7 +240,15 @@ class Trainer:
     means = {"perf/input_wait_sec": float(self._input_wait.numpy())}
     self.last_counts = {}
     for name, (total, count) in self._accumulators.items():
-      if count.numpy() > 0:
+      if name.endswith(_DEN) or count.numpy() == 0:
+        continue
+      if name.endswith(_NUM):
+        base = name[:-len(_NUM)]
+        denominator = float(self._accumulators[base + _DEN][0].numpy())
+        if denominator > 0:
+          means[base] = float(total.numpy()) / denominator
+          self.last_counts[base] = denominator  # weight for averaging over calls
+      else:
         means[name] = float(total.numpy() / count.numpy())
         self.last_counts[name] = float(count.numpy())
     return means, finite
@@ -414,9 +430,10 @@ def train(config, workdir):
       first_call = False
     monitor.advance(step)
     if _due(step, config.log_every, total):
+      extra = {"progress/ema_beta": float(trainer.ema_beta().numpy())}
+      extra.update({f"model/{k}": float(v) for k, v in trainer.model.scalars().items()})
       monitor.log(step, window.means() or {k: v for k, v in metrics.items() if not k.startswith("perf/")},
-                  input_wait_sec=window.input_wait,
-                  extra={"progress/ema_beta": float(trainer.ema_beta().numpy())})
+                  input_wait_sec=window.input_wait, extra=extra)
       window = MetricWindow()
     if _due(step, config.sample_every, total):
       write_samples(step)

@@ -25,6 +25,16 @@ flags.DEFINE_integer("columns", None, "Grid width; default square, or one class 
 flags.DEFINE_string("strategy", "auto", "runtime.strategy for sampling.")
 flags.DEFINE_string("precision", None, "runtime.precision; default the run's.")
 flags.DEFINE_bool("xla", None, "Compile sampling with XLA; default the run's setting.")
+# Model-specific sampling options; each model family accepts the ones that apply to it and refuses the others.
+flags.DEFINE_string("sampler", None, "Diffusion sampler: ddpm | ddim | euler | heun.")
+flags.DEFINE_integer("steps", None, "Diffusion sampling steps.")
+flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (conditional diffusion models).")
+flags.DEFINE_float("eta", None, "DDIM stochasticity (0: deterministic).")
+flags.DEFINE_float("churn", None, "EDM stochastic churn S_churn.")
+flags.DEFINE_float("truncation", None, "Truncation psi against the average w (StyleGAN2).")
+flags.DEFINE_integer("mix_seed", None, "Style mixing: take the styles from this seed after --mix_layer (StyleGAN2).")
+flags.DEFINE_integer("mix_layer", None, "Style mixing: first layer that takes the styles of --mix_seed.")
+flags.DEFINE_integer("interpolate", None, "Latent interpolation: frames between consecutive seeds (StyleGAN2).")
 flags.mark_flags_as_required(["workdir", "out"])
 FLAGS = flags.FLAGS
 
@@ -42,9 +52,13 @@ def _checkpoint_path(workdir, choice):
   return choice
 
 
+_OPTION_FLAGS = ("sampler", "steps", "guidance", "eta", "churn", "truncation", "mix_seed", "mix_layer",
+                 "interpolate")
+
+
 def sample_options():
-  """Model-specific sampling options given on the command line (none for the GAN families)."""
-  return {}
+  """The model-specific sampling options given on the command line, by name."""
+  return {name: FLAGS[name].value for name in _OPTION_FLAGS if FLAGS[name].value is not None}
 
 
 def main(argv):

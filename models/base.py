@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-from models.layers import stream_id
+from genscale.random import normal_values, uniform_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,9 @@ class Phase:
     optimizer: key into ``model.optimizers``.
     variables: the trainable variables this phase updates.
     loss: ``loss(batch, rng) -> (per_example_loss [b], metrics)``. Runs per replica. ``metrics`` maps names to
-      per-example values [b] (averaged over the global batch) or scalars (averaged over replicas).
+      per-example values [b] (averaged over the global batch), scalars (averaged over replicas), or a pair
+      (numerator [b], denominator [b]) reported as sum(numerator) / sum(denominator) over the global batch and
+      the logging window (e.g. the mean loss of the examples in one noise-level bucket).
     interval: run on steps where ``step % interval == 0``.
   """
   name: str
@@ -37,56 +39,12 @@ class Phase:
   interval: int = 1
 
 
-def _mix32(x):
-  """A bijective 32-bit integer hash with strong avalanche (the "lowbias32" constants by C. Wellons)."""
-  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
-  x = x * tf.constant(0x7FEB352D, tf.uint32)
-  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
-  x = x * tf.constant(0x846CA68B, tf.uint32)
-  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
-
-
-def _low32(x):
-  return tf.cast(tf.bitwise.bitwise_and(tf.cast(x, tf.int64), tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
-
-
-def random_bits(key, stream, counters):
-  """uint32 random bits for int64 ``counters`` under ``key`` (int64 [2]) and a stream name.
-
-  Counter-based: element i of a draw depends only on (key, stream, i), so any slice of a draw can be computed
-  alone, and only integer operations are involved, so the bits are the same with and without XLA and on every
-  device (TensorFlow's stateless Philox gives different values under XLA).
-  """
-  key = tf.cast(key, tf.int64)
-  k0 = _mix32(_low32(key[0]) ^ tf.constant(0x9E3779B9, tf.uint32))
-  k1 = _mix32(k0 ^ _low32(key[1]) ^ _low32(tf.bitwise.right_shift(key[1], tf.constant(32, tf.int64))))
-  k2 = _mix32(k1 ^ tf.constant(stream_id(stream), tf.uint32))
-  high = _low32(tf.bitwise.right_shift(counters, tf.constant(32, tf.int64)))
-  return _mix32(_mix32(_low32(counters) ^ k2) + (high ^ k1))
-
-
-def _unit_uniform(bits):
-  """uint32 bits -> float32 in [0, 1), exactly (24 significant bits)."""
-  return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) * (2.0**-24)
-
-
-def uniform_values(key, stream, counters):
-  return _unit_uniform(random_bits(key, stream, counters))
-
-
-def normal_values(key, stream, counters):
-  """Standard normal values by the Box-Muller transform of two uniforms per value."""
-  u1 = 1.0 - uniform_values(key, stream, 2 * counters)  # in (0, 1], so the log is finite
-  u2 = uniform_values(key, stream, 2 * counters + 1)
-  return tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos((2.0 * 3.141592653589793) * u2)
-
-
 class BatchRng:
   """Per-example random draws for one replica that don't depend on how the global batch is split.
 
   A draw of shape [b, *shape] is this replica's rows of a draw of shape [global_batch, *shape] made from a key
   derived from (seed, step) and the stream name. So one device and N replicas, or a run and its resumption, draw
-  the same numbers for the same examples, with or without XLA (see ``random_bits``).
+  the same numbers for the same examples, with or without XLA (see ``genscale.random``).
 
   Args:
     key: int64 [2], e.g. (seed, step).

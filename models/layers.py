@@ -11,7 +11,6 @@ N(0, 1 / lr_mul²) and multiplied at run time by ``gain * lr_mul / sqrt(fan_in)`
 """
 
 import math
-import zlib
 
 import tensorflow as tf
 
@@ -27,11 +26,6 @@ class Keys:
     self.count += 1
     return tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0x1A1], tf.int64), self.count,
                                                     alg="philox")
-
-
-def stream_id(name):
-  """A stable 31-bit integer for a random stream name."""
-  return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 def _normal(shape, key, stddev=1.0, mean=0.0):

@@ -15,7 +15,9 @@ import dataclasses
 
 import tensorflow as tf
 
+from genscale import random as random_lib
 from genscale.errors import require
+from pipelines import transforms
 
 _MAX_INT64 = 2**62
 
@@ -78,11 +80,8 @@ def permuted(positions, count, seed, shuffle=True):
 
 def flip_mask(positions, seed):
   """A per-example coin (bool) that depends only on the seed and the stream position."""
-  seeds = tf.stack([tf.fill(tf.shape(positions), tf.constant(seed ^ 0x5F1, tf.int64)), positions,
-                    tf.zeros_like(positions)], 1)
-  bits = tf.raw_ops.RandomIndexShuffle(index=tf.zeros_like(positions), seed=seeds,
-                                       max_index=tf.constant(1, tf.int64))
-  return tf.equal(bits, 1)
+  key = tf.constant([seed, 0], tf.int64)
+  return random_lib.uniform_values(key, "input/flip", tf.cast(positions, tf.int64)) < 0.5
 
 
 def indexed_batches(images, labels, layout, *, seed, start_step, transform, shuffle=True, flip=False):
@@ -105,10 +104,10 @@ def indexed_batches(images, labels, layout, *, seed, start_step, transform, shuf
 
   def gather(positions):
     ids = permuted(positions, count, seed, shuffle)
-    batch = transform(tf.gather(images, ids))
-    if flip:
-      batch = tf.where(flip_mask(positions, seed)[:, None, None, None], batch[:, :, ::-1, :], batch)
-    return {"image": batch, "label": tf.gather(labels, ids)}
+    batch = tf.gather(images, ids)
+    if flip:  # on the uint8 pixels, before the transform: cheaper, and flipping commutes with it
+      batch = transforms.flip_where(batch, flip_mask(positions, seed))
+    return {"image": transform(batch), "label": tf.gather(labels, ids)}
 
   dataset = stream_positions(layout, start_step).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -12,14 +12,19 @@ cli.configure_environment()
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_string("resolution", None, "Training resolution (R or HxW); default the stored one.")
-flags.DEFINE_integer("channels", None, "Training channels (1 or 3); default the stored ones.")
-flags.DEFINE_integer("num", 5000, "Examples to scan for the value range and label histogram (0: all).")
-flags.DEFINE_string("out", "preview.png", "Preview grid PNG (local or gs://).")
-flags.DEFINE_integer("grid", 64, "Examples in the preview grid.")
-flags.DEFINE_bool("folder_labels", False, "folder: sources: the first sub-folder name is the class label.")
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory for tfds: sources.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags; defined only when the module runs as a command, so the library imports cleanly."""
+  flags.DEFINE_string("resolution", None, "Training resolution (R or HxW); default the stored one.")
+  flags.DEFINE_integer("channels", None, "Training channels (1 or 3); default the stored ones.")
+  flags.DEFINE_integer("num", 5000, "Examples to scan for the value range and label histogram (0: all).")
+  flags.DEFINE_string("out", "preview.png", "Preview grid PNG (local or gs://).")
+  flags.DEFINE_integer("grid", 64, "Examples in the preview grid.")
+  flags.DEFINE_bool("folder_labels", False, "folder: sources: the first sub-folder name is the class label.")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory for tfds: sources.")
+
 
 
 def inspect(spec, resolution=None, channels=None, num=5000, out="preview.png", grid=64, options=None,
@@ -86,6 +91,7 @@ def main(argv):
 
 
 def entry_point():
+  define_flags()
   cli.run(main)
 
 

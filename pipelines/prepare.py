@@ -3,8 +3,8 @@
   python -m pipelines.prepare --source=folder:DIR --out=DIR_OR_GS --resolution=256 --shards=16
 
 Each image is converted to --channels, fitted to the target aspect ratio (--crop: centre crop, pad, or stretch),
-resized (box filter when shrinking, bilinear when enlarging, the filters the training pipeline uses) and stored
-as raw uint8 pixels with its label. Files are decoded in parallel worker processes; the writer keeps their order,
+resized (the area filter when shrinking, computed exactly as TensorFlow's ``area`` resize; bilinear when
+enlarging) and stored as raw uint8 pixels with its label. Files are decoded in parallel worker processes; the writer keeps their order,
 and example k goes to shard k mod --shards.
 
 Bad files (empty, not an image, truncated, CMYK, 16-bit, or smaller than the target without --upscale) are
@@ -29,20 +29,25 @@ cli.configure_environment()
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_string("source", None, "folder:DIR or tfds:NAME[:SPLIT].")
-flags.DEFINE_string("out", None, "Output directory, local or gs://.")
-flags.DEFINE_string("resolution", None, "Target resolution: R (square) or HxW.")
-flags.DEFINE_integer("channels", 3, "Channels to store: 1 (grayscale) or 3 (RGB).")
-flags.DEFINE_integer("shards", 8, "Number of TFRecord shards.")
-flags.DEFINE_enum("crop", "center", ["center", "pad", "none"], "How to reach the target aspect ratio.")
-flags.DEFINE_bool("upscale", False, "Enlarge images smaller than the target instead of skipping them.")
-flags.DEFINE_bool("strict", False, "Stop at the first bad file.")
-flags.DEFINE_bool("folder_labels", False, "folder: sources: the first sub-folder name is the class label.")
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory for tfds: sources.")
-flags.DEFINE_integer("workers", None, "Decoding processes (default: CPU count).")
-flags.DEFINE_bool("overwrite", False, "Replace a prepared dataset already in --out.")
-flags.mark_flags_as_required(["source", "out", "resolution"])
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags; defined only when the module runs as a command, so the library imports cleanly."""
+  flags.DEFINE_string("source", None, "folder:DIR or tfds:NAME[:SPLIT].")
+  flags.DEFINE_string("out", None, "Output directory, local or gs://.")
+  flags.DEFINE_string("resolution", None, "Target resolution: R (square) or HxW.")
+  flags.DEFINE_integer("channels", 3, "Channels to store: 1 (grayscale) or 3 (RGB).")
+  flags.DEFINE_integer("shards", 8, "Number of TFRecord shards.")
+  flags.DEFINE_enum("crop", "center", ["center", "pad", "none"], "How to reach the target aspect ratio.")
+  flags.DEFINE_bool("upscale", False, "Enlarge images smaller than the target instead of skipping them.")
+  flags.DEFINE_bool("strict", False, "Stop at the first bad file.")
+  flags.DEFINE_bool("folder_labels", False, "folder: sources: the first sub-folder name is the class label.")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory for tfds: sources.")
+  flags.DEFINE_integer("workers", None, "Decoding processes (default: CPU count).")
+  flags.DEFINE_bool("overwrite", False, "Replace a prepared dataset already in --out.")
+  flags.mark_flags_as_required(["source", "out", "resolution"])
+
 
 
 class BadFile(Exception):
@@ -73,6 +78,10 @@ def convert_image(image, target, channels, crop, upscale):
     image = image.convert("L")
   elif image.mode not in ("L", "LA", "RGB", "RGBA"):
     image = image.convert("RGB")
+  # Same order as the training pipeline: channels first, then the aspect ratio, then the resize.
+  pixels = np.asarray(image, dtype=np.uint8)
+  pixels = transforms.to_channels_numpy(pixels if pixels.ndim == 3 else pixels[..., None], channels)
+  image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
   width, height = image.size
   top, left, box_h, box_w = transforms.fit_box(height, width, target, crop)
   if not upscale and (min(box_h, height) < target[0] or min(box_w, width) < target[1]):
@@ -83,13 +92,15 @@ def convert_image(image, target, channels, crop, upscale):
     image = canvas
   elif crop == "center":
     image = image.crop((left, top, left + box_w, top + box_h))
-  if image.size != (target[1], target[0]):
-    shrink = image.size[0] >= target[1] and image.size[1] >= target[0]
-    image = image.resize((target[1], target[0]), Image.BOX if shrink else Image.BILINEAR)
   pixels = np.asarray(image, dtype=np.uint8)
-  if pixels.ndim == 2:
-    pixels = pixels[..., None]
-  return transforms.to_channels_numpy(pixels, channels)
+  pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+  if pixels.shape[:2] == tuple(target):
+    return pixels
+  if pixels.shape[0] >= target[0] and pixels.shape[1] >= target[1]:
+    # The area filter in exact arithmetic (PIL's BOX uses fixed point and can be off by one).
+    return np.clip(np.rint(transforms.area_resize_numpy(pixels, target)), 0, 255).astype(np.uint8)
+  enlarged = np.asarray(image.resize((target[1], target[0]), Image.BILINEAR), np.uint8)
+  return enlarged[..., None] if enlarged.ndim == 2 else enlarged
 
 
 def process_file(args):
@@ -238,7 +249,7 @@ def prepare(source, out, resolution, channels=3, shards=8, crop="center", upscal
   meta = {
       "count": good, "resolution": list(target), "channels": channels, "label_names": list(label_names),
       "shards": kept, "bad_files": len(bad), "source": source, "crop": crop, "upscale": upscale,
-      "filters": "box when shrinking, bilinear when enlarging", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+      "filters": "area when shrinking, bilinear when enlarging", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime()),
   }
   records.write_metadata(out, meta)
@@ -256,6 +267,7 @@ def main(argv):
 
 
 def entry_point():
+  define_flags()
   cli.run(main)
 
 

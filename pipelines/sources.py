@@ -88,19 +88,21 @@ def model_transform(resolution, channels, crop):
   return transform
 
 
-def _finish(dataset, layout, options, flip, seed, start_step, transform_batch):
-  """Batches a stream of (uint8 image, label) pairs of one size: transform, flip, prefetch."""
+def _finish(batches, layout, options, flip, seed, start_step, transform_batch):
+  """Per-replica batches of (uint8 images, labels) -> flipped, transformed model batches, prefetched.
+
+  Flips depend on the seed and the example's position in this pipeline's stream, so a resumed run flips the
+  same examples.
+  """
   positions_from = int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline
 
   def per_batch(position, example):
     images, labels = example
-    images = transform_batch(images)
     if flip:
       images = transforms.flip_where(images, input_lib.flip_mask(position, seed))
-    return {"image": images, "label": tf.cast(labels, tf.int32)}
+    return {"image": transform_batch(images), "label": tf.cast(labels, tf.int32)}
 
-  dataset = dataset.batch(layout.per_replica_batch, drop_remainder=True)
-  dataset = dataset.enumerate(positions_from // layout.per_replica_batch)
+  dataset = batches.enumerate(positions_from // layout.per_replica_batch)
   dataset = dataset.map(lambda i, ex: per_batch(i * layout.per_replica_batch + tf.range(
       layout.per_replica_batch, dtype=tf.int64), ex), num_parallel_calls=tf.data.AUTOTUNE)
   data_options = tf.data.Options()
@@ -109,14 +111,15 @@ def _finish(dataset, layout, options, flip, seed, start_step, transform_batch):
 
 
 def _shard_and_shuffle(items, layout, seed):
-  """Per-pipeline share of ``items`` (a dataset), reshuffled every epoch, repeated. Returns (dataset, sharded)."""
+  """This pipeline's share of ``items`` (files or examples) for one epoch, in a seeded order that changes every
+  epoch when the result is repeated. Returns (dataset, sharded); unsharded when there are fewer items than
+  pipelines, and the caller then shards the examples."""
   count = int(items.cardinality())
   sharded = count >= layout.num_pipelines
   if sharded and layout.num_pipelines > 1:
     items = items.shard(layout.num_pipelines, layout.pipeline_id)
     count = int(items.cardinality())
-  items = items.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True).repeat()
-  return items, sharded
+  return items.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True), sharded
 
 
 class ArraySource:
@@ -168,8 +171,8 @@ class FolderSource:
     if options.folder_labels:
       classes = [os.path.relpath(p, root).split(os.sep)[0] for p in paths]
       loose = [p for p, c in zip(paths, classes) if c == os.path.basename(p)]
-      require(not loose, f"input.folder_labels needs every image in a class sub-folder of {root}; "
-              f"{loose[0]} is not")
+      if loose:
+        raise UserError(f"input.folder_labels needs every image in a class sub-folder of {root}; {loose[0]} is not")
       label_names = tuple(sorted(set(classes)))
       labels = [label_names.index(c) for c in classes]
     self.paths, self.labels = paths, labels
@@ -207,12 +210,14 @@ class FolderSource:
       return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
                                        channels=channels, flip=flip, shuffle=shuffle)
     items, sharded = _shard_and_shuffle(self._items(), layout, seed)
+    items = items.repeat()  # every epoch a new full permutation of the files
     if not sharded:
       items = items.shard(layout.num_pipelines, layout.pipeline_id)
     items = items.skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
     examples = items.map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE,
                          deterministic=self.options.deterministic).ignore_errors(log_warning=True)
-    return _finish(examples, layout, self.options, flip, seed, start_step, transforms.to_model_range)
+    return _finish(examples.batch(layout.per_replica_batch, drop_remainder=True), layout, self.options, flip, seed,
+                   start_step, transforms.to_model_range)
 
 
 class TFRecordSource:
@@ -255,15 +260,6 @@ class TFRecordSource:
                       f"--resolution={height if height == width else f'{height}x{width}'}) or lower "
                       "--config.resolution")
 
-  def _batch_transform(self, resolution, channels):
-    crop, height, width, stored = self.options.crop, self.height, self.width, self.channels
-
-    def transform(serialized):
-      images, labels = records.parse_batch(serialized, height, width, stored)
-      return model_transform(resolution, channels, crop)(images), labels
-
-    return transform
-
   def examples_at(self, resolution, channels):
     """Every (uint8 image, label) once, in shard order, at ``resolution``."""
     crop, height, width, stored = self.options.crop, self.height, self.width, self.channels
@@ -291,25 +287,15 @@ class TFRecordSource:
     if not sharded:
       serialized = serialized.shard(layout.num_pipelines, layout.pipeline_id)
     if shuffle:
+      # Shuffle within an epoch, then repeat: every example once per epoch, a new order every epoch.
       serialized = serialized.shuffle(self.options.shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    serialized = serialized.skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
-    # Parse and transform whole batches: one vectorised op instead of one per example.
-    transform = self._batch_transform(resolution, channels)
-    positions_from = int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline
-
-    def per_batch(index, batch):
-      images, labels = transform(batch)
-      if flip:
-        position = index * layout.per_replica_batch + tf.range(layout.per_replica_batch, dtype=tf.int64)
-        images = transforms.flip_where(images, input_lib.flip_mask(position, seed))
-      return {"image": images, "label": labels}
-
-    batches = serialized.batch(layout.per_replica_batch, drop_remainder=True)
-    batches = batches.enumerate(positions_from // layout.per_replica_batch).map(
-        per_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    data_options = tf.data.Options()
-    data_options.deterministic = self.options.deterministic
-    return batches.with_options(data_options).prefetch(tf.data.AUTOTUNE)
+    serialized = serialized.repeat().skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
+    # Parse whole batches: one vectorised op instead of one per example.
+    height, width, stored = self.height, self.width, self.channels
+    batches = serialized.batch(layout.per_replica_batch, drop_remainder=True).map(
+        lambda b: records.parse_batch(b, height, width, stored), num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(batches, layout, self.options, flip, seed, start_step,
+                   model_transform(resolution, channels, self.options.crop))
 
 
 class TFDSSource:
@@ -336,11 +322,13 @@ class TFDSSource:
     image = features[options.image_key]
     label = features[options.label_key] if options.label_key and options.label_key in features else None
     names = tuple(label.names) if label is not None and hasattr(label, "names") else ()
-    try:
-      count = int(self.builder.info.splits[self.split].num_examples)
-    except KeyError as e:
-      raise UserError(f"TFDS dataset {name} has no split {self.split!r}: choose one of "
-                      f"{', '.join(self.builder.info.splits.keys())}") from e
+    splits = self.builder.info.splits
+    if splits:
+      if self.split not in splits:
+        raise UserError(f"TFDS dataset {name} has no split {self.split!r}: choose one of {', '.join(splits.keys())}")
+      count = int(splits[self.split].num_examples)
+    else:  # no split metadata (as under tfds.testing.mock_data): count by reading
+      count = int(self.builder.as_dataset(split=self.split).reduce(0, lambda n, _: n + 1))
     height, width, channels = (image.shape + (None, None, None))[:3]
     self.has_labels = label is not None
     self.info = DataInfo(spec=spec, count=count, resolution=int(height or 0), channels=int(channels or 0),
@@ -348,10 +336,8 @@ class TFDSSource:
     self._memory = {}
 
   def _prepared(self):
-    try:
-      return bool(self.builder.info.splits)
-    except Exception:  # pylint: disable=broad-except
-      return False
+    return tf.io.gfile.exists(self.builder.data_dir) and bool(tf.io.gfile.glob(
+        os.path.join(self.builder.data_dir, "*.json")))
 
   def _read(self, layout=None, seed=None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -389,13 +375,14 @@ class TFDSSource:
         self._memory[key] = _load_into_memory(self, resolution, channels)
       return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
                                        channels=channels, flip=flip, shuffle=shuffle)
-    examples = self._read(layout, seed).repeat()
+    examples = self._read(layout, seed)
     if shuffle:
       examples = examples.shuffle(self.options.shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    examples = examples.skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
+    examples = examples.repeat().skip(int(start_step) * layout.per_replica_batch * layout.replicas_per_pipeline)
     examples = examples.map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE,
                             deterministic=self.options.deterministic)
-    return _finish(examples, layout, self.options, flip, seed, start_step, transforms.to_model_range)
+    return _finish(examples.batch(layout.per_replica_batch, drop_remainder=True), layout, self.options, flip, seed,
+                   start_step, transforms.to_model_range)
 
 
 def _embedded(spec, rest, options):

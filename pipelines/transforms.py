@@ -124,11 +124,35 @@ def resize(image, size):
   return tf.image.resize(tf.cast(image, tf.float32), size, method=method)
 
 
+def _area_weights(size_in, size_out):
+  """[size_out, size_in] matrix: the fraction of output pixel i covered by input pixel j, rows summing to 1."""
+  scale = size_in / size_out
+  weights = np.zeros([size_out, size_in], np.float64)
+  for i in range(size_out):
+    start, end = i * scale, (i + 1) * scale
+    for j in range(int(np.floor(start)), min(int(np.ceil(end)), size_in)):
+      weights[i, j] = min(end, j + 1) - max(start, j)
+  return weights / scale
+
+
+def area_resize_numpy(image, size):
+  """NumPy twin of the area filter for shrinking one image [H, W, C] to ``size``; returns float64."""
+  rows = _area_weights(image.shape[0], size[0])
+  cols = _area_weights(image.shape[1], size[1])
+  tall = np.tensordot(rows, image.astype(np.float64), axes=([1], [0]))  # [out_h, W, C]
+  return np.tensordot(tall, cols, axes=([1], [1])).transpose(0, 2, 1)  # [out_h, out_w, C]
+
+
 def to_model_range(image):
   """Pixel values in [0, 255] -> float32 [-1, 1]."""
   return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
 def flip_where(images, mask):
-  """Mirrors the images of a batch horizontally where ``mask`` [b] is true."""
-  return tf.where(mask[:, None, None, None], images[:, :, ::-1, :], images)
+  """Mirrors the images of a batch horizontally where ``mask`` [b] is true.
+
+  A gather between the batch and its mirror image: several times faster on a CPU than ``tf.where`` with a
+  broadcast mask or a negative-stride slice.
+  """
+  both = tf.stack([images, tf.reverse(images, [2])], axis=1)
+  return tf.gather(both, tf.cast(mask, tf.int32), axis=1, batch_dims=1)

@@ -46,6 +46,8 @@ def test_one_sgd_step_matches_the_closed_form(replicas):
   np.testing.assert_allclose(trainer.model.m.numpy(), expected, rtol=1e-6, atol=1e-7)
   # Metrics are means over the global batch, whatever the number of replicas.
   assert metrics["fit/x_mean"] == pytest.approx(float(x.mean()), rel=1e-5)
+  per_image = x.mean(axis=(1, 2, 3))
+  assert metrics["fit/bright_mean"] == pytest.approx(float(per_image[per_image > -0.8].mean()), rel=1e-5)
   assert metrics["fit/loss"] == pytest.approx(float(np.mean((m0 - x)**2)), rel=1e-5)
   assert int(trainer.step.numpy()) == 1 and int(trainer.nimg.numpy()) == 8
 

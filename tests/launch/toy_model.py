@@ -35,7 +35,9 @@ class MeanImage(base.GenerativeModel):
     if self.nan_at_step >= 0:
       poison = tf.where(rng.key[1] >= self.nan_at_step, float("nan"), 1.0)
       per_example = tf.cast(per_example, tf.float32) * poison
-    return per_example, {"fit/x_mean": tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2, 3])}
+    x_mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2, 3])
+    bright = tf.cast(x_mean > -0.8, tf.float32)
+    return per_example, {"fit/x_mean": x_mean, "fit/bright_mean": (x_mean * bright, bright)}
 
   def phases(self):
     return [base.Phase("fit", "sgd", [self.m], self.loss)]
