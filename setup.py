@@ -55,6 +55,8 @@ setup(
         "console_scripts": [
             "genscale-train=launch.train:entry_point",
             "genscale-sample=launch.sample:entry_point",
+            "genscale-prepare=pipelines.prepare:entry_point",
+            "genscale-inspect=pipelines.inspect:entry_point",
         ],
     },
 )

@@ -106,6 +106,8 @@ def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
     (["--config.model.loss=wasserstein"], "unknown --config.model.loss='wasserstein'"),
     (["--config.runtime.precision=float16"], "unknown --config.runtime.precision='float16'"),
     (["--config.data=embedded:cifar"], "unknown embedded dataset"),
+    (["--config.data=folder:/no/such/images"], "data path /no/such/images does not exist"),
+    (["--config.data=tfrecord:/no/such/*.tfrecord"], "/no/such/*.tfrecord matches no files"),
 ])
 def test_bad_config_exits_with_one_line(tmp_path, args, message):
   result = run_module("launch.train", "--config=launch/configs/dcgan.py:cpu", f"--workdir={tmp_path / 'w'}",
