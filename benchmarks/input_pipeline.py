@@ -24,7 +24,6 @@ from genscale import cli
 
 cli.configure_environment()
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_integer("count", 2000, "Images in the scratch dataset.")
@@ -140,4 +139,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -14,10 +14,15 @@ Several steps run per compiled call (runtime.steps_per_loop). A non-finite loss 
 the run stops with a message; the last checkpoint stays as it was.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import signal
+import socket
+import threading
+import time
 
 from absl import logging
 import ml_collections
@@ -27,8 +32,10 @@ import tensorflow as tf
 from genscale import images as image_lib
 from genscale.errors import UserError, require
 from launch import checkpoints
+from launch import lock as lock_lib
 from launch import monitor as monitor_lib
 from launch import runtime as runtime_lib
+from launch import storage
 from launch.sampling import Sampler, grid_labels
 from models.base import BatchRng
 import models
@@ -97,7 +104,11 @@ class Trainer:
       counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.step = tf.Variable(0, name="step", **counter)
       self.nimg = tf.Variable(0, name="nimg", **counter)
-    self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step, nimg=self.nimg)
+      # Data and random draws follow the stream position step + position_offset; the offset only moves when
+      # a non-finite rollback skips the data of the diverged steps.
+      self.position_offset = tf.Variable(0, name="position_offset", **counter)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step, nimg=self.nimg,
+                                          position_offset=self.position_offset)
 
     self._grads = {p.name: runtime.compile(self._gradient_fn(p)) for p in self.phases}
     self._segments = _segments(self.phases)
@@ -139,9 +150,9 @@ class Trainer:
 
     return gradients
 
-  def _replica_phases(self, phases, batch, step):
+  def _replica_phases(self, phases, batch, position):
     replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
-    key = tf.stack([tf.constant(self.seed, tf.int64), step])
+    key = tf.stack([tf.constant(self.seed, tf.int64), position])
     out = {}
     for phase in phases:
       metrics, grads = self._grads[phase.name](batch, key, replica_id)
@@ -171,9 +182,9 @@ class Trainer:
     total.assign_add(value)
     count.assign_add(1.0)
 
-  def _run_segment(self, phases, batch, step):
+  def _run_segment(self, phases, batch, position):
     strategy = self.runtime.strategy
-    per_replica = strategy.run(functools.partial(self._replica_phases, phases), args=(batch, step))
+    per_replica = strategy.run(functools.partial(self._replica_phases, phases), args=(batch, position))
     finite = tf.constant(True)
     for name, value in per_replica.items():
       value = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
@@ -203,12 +214,13 @@ class Trainer:
     batch, waited = self._next_batch(iterator, previous_step_done)
     with tf.control_dependencies([waited]):
       step = tf.identity(self.step)
+    position = step + self.position_offset
     finite = tf.constant(True)
     for interval, phases in self._segments:
       if interval == 1:
-        ok = self._run_segment(phases, batch, step)
+        ok = self._run_segment(phases, batch, position)
       else:
-        ok = tf.cond(step % interval == 0, lambda p=phases: self._run_segment(p, batch, step),
+        ok = tf.cond(step % interval == 0, lambda p=phases: self._run_segment(p, batch, position),
                      lambda: tf.constant(True))
       finite = tf.logical_and(finite, ok)
     if self.model.ema_pairs:
@@ -253,6 +265,10 @@ class Trainer:
         self.last_counts[name] = float(count.numpy())
     return means, finite
 
+  def position(self):
+    """The data-stream position of the next step (host)."""
+    return int(self.step.numpy()) + int(self.position_offset.numpy())
+
   def dataset_spec(self):
     """The TensorSpec of one replica's batch."""
     c = self.config
@@ -279,6 +295,8 @@ def prepare_config(config):
   require(int(config.batch_size) >= 1, f"--config.batch_size={config.batch_size} must be positive")
   for key in ("log_every", "sample_every", "checkpoint_every"):
     require(int(config[key]) >= 1, f"--config.{key}={config[key]} must be at least 1")
+  require(config.on_nonfinite in ("stop", "rollback"),
+          f"unknown --config.on_nonfinite={config.on_nonfinite!r}: choose stop or rollback")
   require(int(config.channels) in (1, 3), f"--config.channels={config.channels} must be 1 or 3")
   pipelines.parse_resolution(config.resolution)
   pipelines.InputOptions.from_config(config.get("input"))
@@ -358,37 +376,93 @@ def _due(step, every, total):
   return step % int(every) == 0 or step == total
 
 
+# ---- stopping on request
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived; the run saved a checkpoint at its current step and stopped."""
+
+
+class StopSignals:
+  """SIGTERM and SIGINT set ``requested``; the loop checks it between compiled calls. A second SIGINT interrupts
+  at once (KeyboardInterrupt), for a user who doesn't want to wait for the save."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def _handle(self, number, frame):
+    del frame
+    if self.requested and number == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(number).name
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for number in self.SIGNALS:
+        self._previous[number] = signal.signal(number, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for number, handler in self._previous.items():
+      signal.signal(number, handler)
+
+
+def write_status(workdir, status, step, **extra):
+  """``<workdir>/status.json``: how the last process on this run ended (for ``launch.runs list``)."""
+  storage.write_json(os.path.join(workdir, "status.json"), dict(
+      status=status, step=int(step), time=time.time(), host=socket.gethostname(), pid=os.getpid(), **extra))
+
+
 # ---- the loop
 
 
-def train(config, workdir):
-  """Trains (or resumes) the run in ``workdir`` to ``config.steps``. Returns the final metrics."""
+def train(config, workdir, break_lock=False):
+  """Trains (or resumes) the run in ``workdir`` to ``config.steps``. Returns the final metrics.
+
+  Raises UserError for bad input (before any compute), NonFiniteLoss when a loss diverges (the last checkpoint
+  stays as it was), and Preempted after saving on SIGTERM/SIGINT.
+  """
   # ---- config and workdir
   config = prepare_config(config)
   total = int(config.steps)
   check_resume_compatible(config, workdir)
-  latest = checkpoints.latest(workdir)
-  if latest and checkpoints.saved_step(latest) >= total:
-    print(f"{workdir} already reached step {checkpoints.saved_step(latest)} (steps={total}); nothing to do",
-          flush=True)
+  done = checkpoints.committed_steps(workdir)
+  if done and done[0] >= total:
+    print(f"{workdir} already reached step {done[0]} (steps={total}); nothing to do", flush=True)
     return {}
+  storage.preflight(workdir)
   source = pipelines.open_source(config.data, config.get("input"))
-
-  # ---- runtime and build
   runtime = runtime_lib.create(config.runtime)
+  holds_lock = lock_lib.WorkdirLock(workdir, break_stale=break_lock) if runtime.is_chief else contextlib.nullcontext()
+  with holds_lock, StopSignals() as signals:
+    return _train(config, workdir, runtime, source, signals)
+
+
+def _train(config, workdir, runtime, source, signals):
+  total = int(config.steps)
+
+  # ---- build
   trainer = Trainer(config, runtime, source.info)
   if runtime.is_chief:
     write_config(config, source.info, workdir)
+  monitor = monitor_lib.Monitor(workdir, total, 0, trainer.global_batch, enabled=runtime.is_chief)
 
   # ---- restore
-  store = checkpoints.Store(workdir, trainer.checkpoint, config.keep_checkpoints, runtime.is_chief)
-  store.restore_latest()
+  store = checkpoints.Store(workdir, trainer.checkpoint, config.keep_checkpoints, config.milestone_every,
+                            runtime.is_chief, asynchronous=config.async_checkpoints)
+  store.remove_orphans()
+  store.restore_latest(warn=monitor.print)
   step = int(trainer.step.numpy())
-  monitor = monitor_lib.Monitor(workdir, total, step, trainer.global_batch, enabled=runtime.is_chief)
+  monitor.progress.start_done = monitor.progress.done = step
   monitor.print(f"genscale: {config.model.name} on {source.info.spec} ({source.info.count} images), "
                 f"{runtime.describe()}, {'resuming at step ' + str(step) if step else 'new run'} -> step {total}")
-  iterator = iter(trainer.dataset(source, step))
-  num_classes = trainer.model.num_classes if hasattr(trainer.model, "num_classes") else 0
+  iterator = iter(trainer.dataset(source, trainer.position()))
+
+  # ---- samples: fixed latents (and labels), raw and EMA generator
+  num_classes = getattr(trainer.model, "num_classes", 0)
   grid_count = int(config.sample_grid)
   labels = grid_labels(grid_count, num_classes)
   columns = num_classes if num_classes else None
@@ -405,42 +479,78 @@ def train(config, workdir):
   if step == 0:
     reals = next(iter(trainer.dataset(source, 0)))
     first = np.concatenate([r["image"].numpy() for r in runtime.strategy.experimental_local_results(reals)])
-    first = first[:grid_count]
-    monitor.image_grid(0, "data/reals", image_lib.grid(image_lib.to_uint8(first)), path="samples/reals.png")
+    monitor.image_grid(0, "data/reals", image_lib.grid(image_lib.to_uint8(first[:grid_count])),
+                       path="samples/reals.png")
     monitor.text(0, "config", "```\n" + config.to_json(indent=2, sort_keys=True) + "\n```")
 
   # ---- loop: compiled calls on the devices, host work in between.
   metrics = {}
   window = MetricWindow()
   first_call = True
-  while step < total:
-    num = min(runtime.steps_per_loop, _next_event(step, config, total) - step)
-    metrics, finite = trainer.run(iterator, num)
-    step = int(trainer.step.numpy())
-    if not first_call:  # the first call includes tracing and compilation
-      window.add(metrics, trainer.last_counts)
-    if not finite:
-      bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
-      name, value = next(iter(bad.items())) if bad else ("loss", float("nan"))
-      monitor.close()
-      raise NonFiniteLoss(f"non-finite {name}={value} at step {step - 1}; stopped without saving, the last "
-                          f"checkpoint ({store.manager.latest_checkpoint or 'none'}) is intact")
-    if first_call:
-      monitor.start_clock(step)
-      first_call = False
-    monitor.advance(step)
-    if _due(step, config.log_every, total):
-      extra = {"progress/ema_beta": float(trainer.ema_beta().numpy())}
-      extra.update({f"model/{k}": float(v) for k, v in trainer.model.scalars().items()})
-      monitor.log(step, window.means() or {k: v for k, v in metrics.items() if not k.startswith("perf/")},
-                  input_wait_sec=window.input_wait, extra=extra)
-      window = MetricWindow()
-    if _due(step, config.sample_every, total):
-      write_samples(step)
-    if _due(step, config.checkpoint_every, total):
-      store.save(step)
+  rollbacks = 0
+  try:
+    while step < total:
+      num = min(runtime.steps_per_loop, _next_event(step, config, total) - step)
+      metrics, finite = trainer.run(iterator, num)
+      step = int(trainer.step.numpy())
+      if not first_call:  # the first call includes tracing and compilation
+        window.add(metrics, trainer.last_counts)
 
-  monitor.print(f"done: step {step}, {monitor.elapsed():.0f}s in this process, workdir {workdir}")
-  monitor.close()
-  logging.flush()
+      # ---- non-finite losses: stop (default), or roll back to the last checkpoint and skip the bad data
+      if not finite:
+        bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+        name, value = next(iter(bad.items())) if bad else ("loss", float("nan"))
+        where = f"non-finite {name}={value} at step {step - 1}"
+        store.wait()
+        if config.on_nonfinite != "rollback" or rollbacks >= int(config.max_rollbacks):
+          latest = checkpoints.latest(workdir) if runtime.is_chief else None
+          if runtime.is_chief:
+            write_status(workdir, "failed: non-finite loss", step - 1, detail=where)
+          raise NonFiniteLoss(f"{where}; stopped without saving, the last checkpoint ({latest or 'none'}) is intact"
+                              + (f" (after {rollbacks} rollbacks)" if rollbacks else ""))
+        bad_position = trainer.position() - 1
+        restored = store.restore_latest(warn=monitor.print)
+        if restored is None:
+          raise NonFiniteLoss(f"{where}; no checkpoint to roll back to")
+        trainer.position_offset.assign(bad_position + 1 - restored)
+        rollbacks += 1
+        step = restored
+        monitor.print(f"{where}: rolled back to step {restored} (rollback {rollbacks} of {config.max_rollbacks}), "
+                      f"skipping the data of the diverged steps")
+        iterator = iter(trainer.dataset(source, trainer.position()))
+        continue
+
+      if first_call:
+        monitor.start_clock(step)
+        first_call = False
+      monitor.advance(step)
+      if _due(step, config.log_every, total):
+        extra = {"progress/ema_beta": float(trainer.ema_beta().numpy())}
+        extra.update({f"model/{k}": float(v) for k, v in trainer.model.scalars().items()})
+        monitor.log(step, window.means() or {k: v for k, v in metrics.items() if not k.startswith("perf/")},
+                    input_wait_sec=window.input_wait, extra=extra)
+        window = MetricWindow()
+      if _due(step, config.sample_every, total):
+        write_samples(step)
+      if _due(step, config.checkpoint_every, total):
+        store.save(step)
+
+      # ---- preemption: save where we are and stop
+      if signals.requested:
+        if store.last_saved_step != step:
+          store.save(step)
+        store.wait()
+        if runtime.is_chief:
+          write_status(workdir, "preempted", step, signal=signals.requested)
+        monitor.print(f"{signals.requested}: saved step {step} and stopped; rerun the same command to resume")
+        raise Preempted(f"stopped by {signals.requested} at step {step}")
+
+    store.wait()
+    if runtime.is_chief:
+      write_status(workdir, "finished", step)
+    monitor.print(f"done: step {step}, {monitor.elapsed():.0f}s in this process, workdir {workdir}")
+  finally:
+    store.close()
+    monitor.close()
+    logging.flush()
   return metrics

@@ -2,7 +2,9 @@
 
 Override any config key with ``--config.key=value`` (e.g. ``--config.steps=50``,
 ``--config.runtime.precision=mixed_bfloat16``). Running the same command again resumes from the newest checkpoint
-in the workdir. Exit status: 0 done, 2 bad input, 3 non-finite loss.
+in the workdir. Exit status: 0 done (or already done), 2 bad input, 3 non-finite loss (nothing saved after the
+last checkpoint), 75 stopped by SIGTERM/SIGINT after saving a checkpoint at the current step (EX_TEMPFAIL: rerun to
+resume). A second Ctrl-C interrupts without saving.
 """
 
 import sys
@@ -17,8 +19,11 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 config_flags.DEFINE_config_file("config", None, "Config file and variant, e.g. launch/configs/dcgan.py:cpu.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory, local or gs://bucket/path.")
+flags.DEFINE_bool("break_lock", False, "Remove a stale lock left in the workdir by a dead run.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+NONFINITE_EXIT = 3
+PREEMPTED_EXIT = 75
 
 
 def main(argv):
@@ -27,10 +32,13 @@ def main(argv):
     raise UserError(f"unexpected arguments {' '.join(argv[1:])}; use --config.key=value for overrides")
   from launch import loop  # pylint: disable=g-import-not-at-top
   try:
-    loop.train(FLAGS.config, FLAGS.workdir)
+    loop.train(FLAGS.config, FLAGS.workdir, break_lock=FLAGS.break_lock)
   except loop.NonFiniteLoss as e:
     sys.stderr.write(f"genscale: error: {e}\n")
-    sys.exit(3)
+    sys.exit(NONFINITE_EXIT)
+  except loop.Preempted as e:
+    sys.stderr.write(f"genscale: {e}; rerun the same command to resume\n")
+    sys.exit(PREEMPTED_EXIT)
 
 
 def entry_point():

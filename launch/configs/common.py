@@ -50,6 +50,10 @@ def base():
   c.sample_every = 500  # steps between sample grids
   c.checkpoint_every = 500  # steps between checkpoints
   c.keep_checkpoints = 3  # most recent checkpoints kept
+  c.milestone_every = 0  # also keep every checkpoint at a multiple of this many steps (0: none)
+  c.async_checkpoints = True  # write checkpoints in the background while training continues
+  c.on_nonfinite = "stop"  # stop | rollback (restore the last checkpoint and skip the diverged data)
+  c.max_rollbacks = 3  # rollbacks allowed per process before stopping
   c.sample_grid = 64  # images in a sample grid (a square number reads best)
   c.runtime = runtime()
   c.model = ml_collections.ConfigDict()

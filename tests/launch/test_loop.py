@@ -178,3 +178,25 @@ def test_train_stops_on_nonfinite_loss_and_keeps_the_last_checkpoint(tmp_path):
   latest = checkpoints.latest(workdir)
   assert latest.endswith("ckpt-10") and checkpoints.saved_step(latest) == 10
   assert np.all(np.isfinite(tf.train.load_variable(latest, "model/m/.ATTRIBUTES/VARIABLE_VALUE")))
+
+
+def test_rollback_restores_the_last_checkpoint_and_skips_the_bad_data(tmp_path, capsys):
+  config = toy_model.config(steps=20, checkpoint_every=5, log_every=5, sample_every=20, on_nonfinite="rollback",
+                            model={"name": "mean_image", "lr": 0.5, "nan_at_step": 12, "width": 1})
+  workdir = str(tmp_path / "run")
+  metrics = loop.train(config, workdir)
+  assert np.isfinite(metrics["fit/loss"])
+  out = capsys.readouterr().out
+  assert "non-finite fit/loss=nan at step 12: rolled back to step 10 (rollback 1 of 3)" in out
+  from launch import checkpoints  # pylint: disable=g-import-not-at-top
+  final = checkpoints.latest(workdir)
+  assert checkpoints.saved_step(final) == 20
+  # Steps 10.. continue from stream position 13: the diverged position 12 is skipped.
+  assert tf.train.load_variable(final, "position_offset/.ATTRIBUTES/VARIABLE_VALUE") == 3
+
+
+def test_rollbacks_are_limited(tmp_path):
+  config = toy_model.config(steps=20, checkpoint_every=5, on_nonfinite="rollback", max_rollbacks=0,
+                            model={"name": "mean_image", "lr": 0.5, "nan_at_step": 12, "width": 1})
+  with pytest.raises(loop.NonFiniteLoss, match="at step 12"):
+    loop.train(config, str(tmp_path / "run"))

@@ -2,7 +2,7 @@
 
 "mean": one parameter image m; per-example loss = mean over pixels of (m - x)²; trained with plain SGD, one step
 moves m to m - lr * 2 (m - x̄) / P, where x̄ is the mean image of the global batch and P the pixel count. Its EMA
-copy follows the loop's EMA rule. ``model.nan_at_step`` makes the loss NaN from that step on.
+copy follows the loop's EMA rule. ``model.nan_at_step`` makes the loss NaN at that data-stream position.
 """
 
 import keras
@@ -33,7 +33,7 @@ class MeanImage(base.GenerativeModel):
     x = tf.cast(batch["image"], self.compute_dtype)
     per_example = tf.reduce_mean(tf.square(tf.cast(self.m, self.compute_dtype) - x), axis=[1, 2, 3])
     if self.nan_at_step >= 0:
-      poison = tf.where(rng.key[1] >= self.nan_at_step, float("nan"), 1.0)
+      poison = tf.where(rng.key[1] == self.nan_at_step, float("nan"), 1.0)
       per_example = tf.cast(per_example, tf.float32) * poison
     x_mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2, 3])
     bright = tf.cast(x_mean > -0.8, tf.float32)

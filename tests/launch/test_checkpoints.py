@@ -1,0 +1,203 @@
+"""Checkpoints and fault tolerance: exact resume, kill -9, SIGTERM, corruption fallback, locks, retention."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from genscale.errors import UserError
+from launch import checkpoints
+from launch import lock as lock_lib
+from launch import runs
+from tests.conftest import ROOT, error_lines, run_module
+
+TINY = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
+        "--config.model.latent_dim=16", "--config.batch_size=16", "--config.sample_every=1000",
+        "--config.sample_grid=4", "--config.runtime.steps_per_loop=1"]
+
+
+def _variables(path):
+  return {name: tf.train.load_variable(path, name) for name, _ in tf.train.list_variables(path)
+          if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _train(workdir, *args, **kw):
+  result = run_module("launch.train", *TINY, f"--workdir={workdir}", *args, **kw)
+  return result
+
+
+def test_a_resumed_run_is_bitwise_equal_to_an_unbroken_one(tmp_path):
+  straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
+  common = ["--config.checkpoint_every=4", "--config.log_every=4"]
+  assert _train(straight, "--config.steps=8", *common).returncode == 0
+  first = _train(broken, "--config.steps=4", *common)
+  assert first.returncode == 0, first.stderr[-2000:]
+  second = _train(broken, "--config.steps=8", *common)
+  assert second.returncode == 0 and "resuming at step 4" in second.stdout
+  a, b = _variables(checkpoints.path_of(straight, 8)), _variables(checkpoints.path_of(broken, 8))
+  assert a.keys() == b.keys()
+  names = " ".join(a)
+  assert "generator_ema" in names and "optimizers" in names and "position_offset" in names
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # weights, EMA, optimizer slots, counters
+
+
+def _wait_for(predicate, timeout, process):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return
+    if process.poll() is not None:
+      raise AssertionError(f"training exited early: {process.returncode}\n{process.stderr.read()[-2000:]}")
+    time.sleep(0.2)
+  raise AssertionError("timed out")
+
+
+def _start(workdir, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.Popen([sys.executable, "-m", "launch.train", *TINY, f"--workdir={workdir}", *args], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _latest(workdir):
+  state = checkpoints.read_state(workdir)
+  return state["latest"] if state else 0
+
+
+def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["--config.steps=100000", "--config.checkpoint_every=5", "--config.log_every=5"]
+  process = _start(workdir, *args)
+  _wait_for(lambda: _latest(workdir) >= 10, 180, process)
+  process.kill()
+  process.wait()
+  saved = _latest(workdir)
+  assert not os.path.exists(os.path.join(workdir, "status.json"))  # no clean exit was recorded
+  listed = runs.describe_run(workdir)
+  assert listed["status"].startswith("stale lock") and listed["step"] == saved  # dead pid on this host
+  again = _train(workdir, f"--config.steps={saved + 5}", "--config.checkpoint_every=5", "--config.log_every=5")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"resuming at step {saved}" in again.stdout
+  assert checkpoints.committed_steps(workdir)[0] == saved + 5
+
+
+def test_sigterm_saves_the_current_step_and_exits_75(tmp_path):
+  workdir = str(tmp_path / "run")
+  process = _start(workdir, "--config.steps=100000", "--config.checkpoint_every=1000", "--config.log_every=5")
+  _wait_for(lambda: os.path.exists(os.path.join(workdir, "samples", "reals.png")), 120, process)  # loop started
+  time.sleep(8)  # some steps
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 75, err[-2000:]
+  status = json.load(open(os.path.join(workdir, "status.json")))
+  assert status["status"] == "preempted" and status["signal"] == "SIGTERM"
+  assert checkpoints.committed_steps(workdir)[0] == status["step"] > 0  # saved at the step it stopped
+  assert f"saved step {status['step']} and stopped" in out
+  assert not os.path.exists(os.path.join(workdir, "lock.json"))  # released
+
+
+def test_a_truncated_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+  workdir = str(tmp_path / "run")
+  assert _train(workdir, "--config.steps=10", "--config.checkpoint_every=5").returncode == 0
+  newest = checkpoints.path_of(workdir, 10)
+  data = glob.glob(newest + ".data-*")[0]
+  size = os.path.getsize(data)
+  with open(data, "r+b") as f:
+    f.truncate(size // 2)
+  again = _train(workdir, "--config.steps=15", "--config.checkpoint_every=5")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"warning: checkpoint {newest} failed to restore" in again.stdout
+  assert "falling back to ckpt-5" in again.stdout and "resuming at step 5" in again.stdout
+  assert os.path.exists(newest + ".index")  # the bad checkpoint is never deleted automatically
+
+
+def test_orphan_temp_directories_are_removed_at_start(tmp_path):
+  workdir = str(tmp_path / "run")
+  orphan = os.path.join(checkpoints.directory_of(workdir), "ckpt-7_temp")
+  os.makedirs(os.path.join(orphan, "part-00000"))
+  assert _train(workdir, "--config.steps=2", "--config.checkpoint_every=2").returncode == 0
+  assert not os.path.exists(orphan)
+
+
+def test_a_held_lock_refuses_and_a_stale_one_is_detected(tmp_path):
+  workdir = str(tmp_path / "run")
+  with lock_lib.WorkdirLock(workdir):  # this test process holds it, with a fresh heartbeat
+    held = _train(workdir, "--config.steps=2")
+  assert held.returncode == 2
+  assert error_lines(held.stderr)[0].startswith(f"genscale: error: --workdir {workdir} is in use by host ")
+  assert f"pid {os.getpid()}" in error_lines(held.stderr)[0]
+  stale = {"host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - 3600}
+  with open(os.path.join(workdir, "lock.json"), "w") as f:
+    json.dump(stale, f)
+  refused = _train(workdir, "--config.steps=2")
+  assert refused.returncode == 2 and "has a stale lock from host elsewhere pid 1" in refused.stderr
+  assert "rerun with --break_lock" in refused.stderr
+  broken = _train(workdir, "--config.steps=2", "--break_lock")
+  assert broken.returncode == 0, broken.stderr[-2000:]
+  assert not os.path.exists(os.path.join(workdir, "lock.json"))
+
+
+def test_lock_semantics_in_process(tmp_path):
+  workdir = str(tmp_path / "w")
+  with lock_lib.WorkdirLock(workdir, heartbeat_seconds=0.1) as held:
+    first = json.load(open(held.path))["heartbeat"]
+    time.sleep(0.5)
+    assert json.load(open(held.path))["heartbeat"] > first  # the heartbeat moves
+    with pytest.raises(UserError, match="is in use by"):
+      lock_lib.WorkdirLock(workdir).acquire()
+  assert not os.path.exists(os.path.join(workdir, "lock.json"))
+
+
+def _store(tmp_path, keep, milestone_every, asynchronous=True):
+  import keras  # pylint: disable=g-import-not-at-top
+  v = tf.Variable(tf.zeros([4]))
+  step = tf.Variable(0, dtype=tf.int64)
+  opt = keras.optimizers.Adam(0.1)
+  opt.build([v])
+  checkpoint = tf.train.Checkpoint(v=v, step=step, opt=opt)
+  return checkpoints.Store(str(tmp_path), checkpoint, keep, milestone_every, asynchronous=asynchronous), v, step, opt
+
+
+def test_retention_keeps_the_newest_and_the_milestones_and_async_saves_repeat(tmp_path):
+  store, v, step, opt = _store(tmp_path, keep=2, milestone_every=4)
+  for s in range(1, 10):
+    step.assign(s)
+    v.assign_add(tf.ones([4]))
+    opt.apply_gradients([(tf.ones([4]), v)])
+    store.save(s)
+  store.close()
+  assert checkpoints.committed_steps(str(tmp_path)) == [9, 8, 4]
+  files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(checkpoints.directory_of(str(tmp_path)),
+                                                                     "ckpt-*.index")))
+  assert files == ["ckpt-4.index", "ckpt-8.index", "ckpt-9.index"]
+  values = _variables(checkpoints.path_of(str(tmp_path), 9))
+  np.testing.assert_array_equal(values["v/.ATTRIBUTES/VARIABLE_VALUE"], v.numpy())
+  assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 9
+
+
+def test_an_asynchronous_save_holds_the_values_of_the_moment_it_was_taken(tmp_path):
+  store, v, step, _ = _store(tmp_path, keep=3, milestone_every=0)
+  v.assign([1.0, 2.0, 3.0, 4.0])
+  step.assign(1)
+  store.save(1)
+  v.assign([9.0, 9.0, 9.0, 9.0])  # training goes on while the file is written
+  store.close()
+  restored = _variables(checkpoints.path_of(str(tmp_path), 1))["v/.ATTRIBUTES/VARIABLE_VALUE"]
+  np.testing.assert_array_equal(restored, [1.0, 2.0, 3.0, 4.0])
+
+
+def test_runs_list_reports_step_time_and_status(tmp_path, capsys):
+  workdir = str(tmp_path / "runs" / "a")
+  assert _train(workdir, "--config.steps=4", "--config.checkpoint_every=2").returncode == 0
+  result = run_module("launch.runs", "list", str(tmp_path / "runs"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith(workdir)][0]
+  assert "dcgan  step 4/4  last checkpoint 20" in line and line.endswith("finished")
+  del capsys

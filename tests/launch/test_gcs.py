@@ -1,0 +1,120 @@
+"""The whole run on gs:// against a local fake GCS server (tests/gcs_rig.py): train, stop, resume, list, lock."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from genscale.errors import UserError
+from launch import lock as lock_lib
+from launch import storage
+from tests.conftest import ROOT, error_lines, run_module
+from tests.gcs_rig import GcsRig, RigUnavailable
+
+TINY = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
+        "--config.model.latent_dim=16", "--config.batch_size=16", "--config.sample_grid=4",
+        "--config.runtime.steps_per_loop=1"]
+BUCKET = "genscale-test-runs"
+
+
+@pytest.fixture(scope="module")
+def rig():
+  try:
+    server = GcsRig().start()
+  except RigUnavailable as e:
+    pytest.skip(f"the fake GCS rig could not start here: {e}")
+  server.create_bucket(BUCKET)
+  saved = {k: os.environ.get(k) for k in server.env}
+  os.environ.update({k: v for k, v in server.env.items() if k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")})
+  storage._CLIENT.clear()  # pylint: disable=protected-access
+  yield server
+  storage._CLIENT.clear()  # pylint: disable=protected-access
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  server.stop()
+
+
+def _names(prefix):
+  return sorted(b.name for b in storage.client().list_blobs(BUCKET, prefix=prefix))
+
+
+def test_train_stop_resume_and_list_on_gcs(rig):
+  workdir = f"gs://{BUCKET}/runs/dcgan"
+  first = run_module("launch.train", *TINY, f"--workdir={workdir}", "--config.steps=6", "--config.checkpoint_every=3",
+                     "--config.log_every=3", "--config.sample_every=6", env=rig.env)
+  assert first.returncode == 0, first.stderr[-3000:]
+  names = _names("runs/dcgan/")
+  assert "runs/dcgan/config.json" in names and "runs/dcgan/status.json" in names
+  assert "runs/dcgan/checkpoints/state.json" in names and "runs/dcgan/checkpoints/ckpt-6.index" in names
+  assert any(n.startswith("runs/dcgan/tensorboard/events.out.tfevents") for n in names)
+  assert "runs/dcgan/samples/ema_0000006.png" in names and "runs/dcgan/lock.json" not in names
+  second = run_module("launch.train", *TINY, f"--workdir={workdir}", "--config.steps=9", "--config.checkpoint_every=3",
+                      "--config.log_every=3", "--config.sample_every=6", env=rig.env)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming at step 6" in second.stdout and "step 9/9" in second.stdout
+  state = storage.read_json(f"{workdir}/checkpoints/state.json")
+  assert state["latest"] == 9 and state["steps"] == [3, 6, 9]
+  listed = run_module("launch.runs", "list", f"gs://{BUCKET}/runs", env=rig.env)
+  assert listed.returncode == 0, listed.stderr[-2000:]
+  assert f"{workdir}  dcgan  step 9/9  last checkpoint" in listed.stdout and "finished" in listed.stdout
+  sample = run_module("launch.sample", f"--workdir={workdir}", "--num=4", f"--out={workdir}/grid.png", env=rig.env)
+  assert sample.returncode == 0, sample.stderr[-2000:]
+  assert "runs/dcgan/grid.png" in _names("runs/dcgan/")
+
+
+def test_sigterm_on_gcs_saves_and_resumes(rig):
+  workdir = f"gs://{BUCKET}/runs/preempted"
+  env = dict(os.environ, PYTHONPATH=ROOT, **rig.env)
+  process = subprocess.Popen([sys.executable, "-m", "launch.train", *TINY, f"--workdir={workdir}",
+                              "--config.steps=100000", "--config.checkpoint_every=1000", "--config.log_every=5",
+                              "--config.sample_every=1000"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 180
+  while "runs/preempted/samples/reals.png" not in _names("runs/preempted/"):
+    assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+    time.sleep(0.5)
+  time.sleep(5)
+  process.terminate()
+  _, err = process.communicate(timeout=180)
+  assert process.returncode == 75, err[-2000:]
+  status = storage.read_json(f"{workdir}/status.json")
+  assert status["status"] == "preempted"
+  again = run_module("launch.train", *TINY, f"--workdir={workdir}", f"--config.steps={status['step'] + 2}",
+                     env=rig.env)
+  assert again.returncode == 0 and f"resuming at step {status['step']}" in again.stdout
+
+
+def test_preflight_refuses_a_missing_bucket_before_training(rig):
+  result = run_module("launch.train", *TINY, "--workdir=gs://no-such-bucket/run", "--config.steps=2", env=rig.env)
+  assert result.returncode == 2
+  assert error_lines(result.stderr) == [
+      "genscale: error: bucket gs://no-such-bucket of --workdir gs://no-such-bucket/run does not exist or is not "
+      "visible to these credentials; create it (gcloud storage buckets create gs://NAME) or fix the path"]
+  assert "genscale: dcgan on" not in result.stdout
+
+
+def test_gcs_lock_uses_a_generation_precondition(rig):
+  workdir = f"gs://{BUCKET}/runs/locked"
+  with lock_lib.WorkdirLock(workdir, heartbeat_seconds=0.2) as held:
+    holder = storage.read_json(f"{workdir}/lock.json")
+    assert holder["pid"] == os.getpid()
+    with pytest.raises(UserError, match="is in use by host"):
+      lock_lib.WorkdirLock(workdir).acquire()
+    time.sleep(1.0)
+    assert storage.read_json(f"{workdir}/lock.json")["heartbeat"] > holder["heartbeat"]  # refreshed in place
+    refused = run_module("launch.train", *TINY, f"--workdir={workdir}", "--config.steps=2", env=rig.env)
+    assert refused.returncode == 2 and f"pid {os.getpid()}" in refused.stderr
+    del held
+  assert storage.read_json(f"{workdir}/lock.json") is None
+  stale = json.dumps({"host": "gone-vm", "pid": 7, "started": 0, "heartbeat": time.time() - 7200})
+  storage.blob(f"{workdir}/lock.json").upload_from_string(stale)
+  with pytest.raises(UserError, match="stale lock from host gone-vm pid 7"):
+    lock_lib.WorkdirLock(workdir).acquire()
+  with lock_lib.WorkdirLock(workdir, break_stale=True):
+    assert storage.read_json(f"{workdir}/lock.json")["pid"] == os.getpid()
