@@ -114,7 +114,14 @@ class Trainer:
     self._segments = _segments(self.phases)
     self._accumulators = {}
     self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    with strategy.scope():
+      self._phase_runs = {p.name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"runs_{p.name}",
+                                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                          for p in self.phases}
     self._train = tf.function(self._train_steps)
+    self._diagnostic = {}
+    self.last_gradients = {}
+    self.mark_start()
 
   # ---- per replica
 
@@ -150,15 +157,26 @@ class Trainer:
 
     return gradients
 
-  def _replica_phases(self, phases, batch, position):
-    replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+  def _replica_phases(self, phases, diagnostics, batch, position):
+    """Runs phases for one replica; with ``diagnostics``, also the global gradient norm and gradients."""
+    context = tf.distribute.get_replica_context()
     key = tf.stack([tf.constant(self.seed, tf.int64), position])
-    out = {}
+    out, gradients = {}, {}
     for phase in phases:
-      metrics, grads = self._grads[phase.name](batch, key, replica_id)
-      self.model.optimizers[phase.optimizer].apply_gradients(zip(grads, phase.variables))
+      optimizer = self.model.optimizers[phase.optimizer]
+      metrics, grads = self._grads[phase.name](batch, key, context.replica_id_in_sync_group)
+      if diagnostics:
+        # The optimizer sums gradients over replicas inside apply_gradients; this extra sum, on diagnostic steps
+        # only, gives the norm of the gradient actually applied (unscaled when loss scaling is on).
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        scale = tf.cast(optimizer.dynamic_scale, tf.float32) if self.runtime.loss_scaling else 1.0
+        total = [tf.cast(g, tf.float32) / scale for g in total]
+        metrics[f"grad_norm/{phase.name}"] = tf.linalg.global_norm(total) / self.runtime.num_replicas
+        gradients[phase.name] = total
+      optimizer.apply_gradients(zip(grads, phase.variables))
+      self._phase_runs[phase.name].assign_add(1)
       out.update(metrics)
-    return out
+    return out, gradients
 
   def _replica_ema(self, beta):
     for ema, var in self.model.ema_pairs:
@@ -182,15 +200,18 @@ class Trainer:
     total.assign_add(value)
     count.assign_add(1.0)
 
-  def _run_segment(self, phases, batch, position):
+  def _run_segment(self, phases, batch, position, diagnostics=False):
+    """Runs a group of phases on every replica; returns (all metrics finite, gradients when diagnostics)."""
     strategy = self.runtime.strategy
-    per_replica = strategy.run(functools.partial(self._replica_phases, phases), args=(batch, position))
+    per_replica, gradients = strategy.run(functools.partial(self._replica_phases, phases, diagnostics),
+                                          args=(batch, position))
     finite = tf.constant(True)
     for name, value in per_replica.items():
       value = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
       self._accumulate(name, value)
       finite = tf.logical_and(finite, tf.math.is_finite(value))
-    return finite
+    # Summed gradients are the same on every replica: keep the first local copy.
+    return finite, tf.nest.map_structure(lambda g: strategy.experimental_local_results(g)[0], gradients)
 
   def _next_batch(self, iterator, previous_step_done):
     """The next distributed batch, and the seconds the step waited for it (including the copy to the devices).
@@ -208,47 +229,67 @@ class Trainer:
     self._input_wait.assign_add(waited)
     return batch, waited
 
-  def _one_step(self, iterator, previous_step_done):
-    """One training step; returns (all metrics finite, the new step counter value)."""
+  def _one_step(self, iterator, previous_step_done, diagnostics=False):
+    """One training step; returns (all metrics finite, the new step counter value, diagnostic gradients).
+
+    With ``diagnostics``, the phases that run every step also report their global gradient norm and return
+    their summed gradients (lazy phases are logged by their losses only).
+    """
     strategy = self.runtime.strategy
     batch, waited = self._next_batch(iterator, previous_step_done)
     with tf.control_dependencies([waited]):
       step = tf.identity(self.step)
     position = step + self.position_offset
     finite = tf.constant(True)
+    gradients = {}
     for interval, phases in self._segments:
       if interval == 1:
-        ok = self._run_segment(phases, batch, position)
+        ok, grads = self._run_segment(phases, batch, position, diagnostics)
+        gradients.update(grads)
       else:
-        ok = tf.cond(step % interval == 0, lambda p=phases: self._run_segment(p, batch, position),
+        ok = tf.cond(step % interval == 0, lambda p=phases: self._run_segment(p, batch, position)[0],
                      lambda: tf.constant(True))
       finite = tf.logical_and(finite, ok)
     if self.model.ema_pairs:
       strategy.run(self._replica_ema, args=(self.ema_beta(),))
     self.nimg.assign_add(self.global_batch)
-    return finite, self.step.assign_add(1)
+    return finite, self.step.assign_add(1), gradients
 
   def _train_steps(self, iterator, num_steps):
     finite = tf.constant(True)
     done = tf.constant(0, tf.int64)
     for _ in tf.range(num_steps):
-      finite, done = self._one_step(iterator, done)
+      finite, done, _ = self._one_step(iterator, done)
       if not finite:
         break
     return finite
 
+  def _diagnostic_step(self, iterator, histograms):
+    finite, _, gradients = self._one_step(iterator, tf.constant(0, tf.int64), diagnostics=True)
+    return finite, gradients if histograms else {}
+
   # ---- host
 
-  def run(self, iterator, num_steps):
-    """Runs up to ``num_steps`` steps in one compiled call. Returns (mean metrics, finite).
+  def run(self, iterator, num_steps, diagnostics=False, histograms=False):
+    """Runs up to ``num_steps`` steps in compiled calls. Returns (mean metrics, finite).
 
-    The metrics include ``perf/input_wait_sec``: seconds of the call spent waiting for input batches.
+    The metrics include ``perf/input_wait_sec``: seconds spent waiting for input batches. With ``diagnostics``,
+    the last step also measures gradient norms (``grad_norm/<phase>``); with ``histograms`` its summed gradients
+    are kept in ``last_gradients`` ({phase: [numpy array per variable]}).
     """
     for total, count in self._accumulators.values():
       total.assign(0.0)
       count.assign(0.0)
     self._input_wait.assign(0.0)
-    finite = bool(self._train(iterator, tf.constant(int(num_steps), tf.int64)))
+    self.last_gradients = {}
+    plain = int(num_steps) - (1 if diagnostics else 0)
+    finite = bool(self._train(iterator, tf.constant(plain, tf.int64))) if plain > 0 else True
+    if diagnostics and finite:
+      if histograms not in self._diagnostic:
+        self._diagnostic[histograms] = tf.function(functools.partial(self._diagnostic_step, histograms=histograms))
+      ok, gradients = self._diagnostic[histograms](iterator)
+      finite = bool(ok)
+      self.last_gradients = tf.nest.map_structure(lambda g: g.numpy(), gradients)
     means = {"perf/input_wait_sec": float(self._input_wait.numpy())}
     self.last_counts = {}
     for name, (total, count) in self._accumulators.items():
@@ -264,6 +305,30 @@ class Trainer:
         means[name] = float(total.numpy() / count.numpy())
         self.last_counts[name] = float(count.numpy())
     return means, finite
+
+  def optimizer_stats(self):
+    """Learning rate, loss scale and the count of updates skipped for non-finite gradients, per optimizer (host).
+
+    An update counts as skipped when a phase ran but its (loss-scaling) optimizer did not step. Counted in this
+    process: phase runs are not checkpointed, the optimizer's step count is.
+    """
+    stats = {}
+    for name, optimizer in self.model.optimizers.items():
+      inner = getattr(optimizer, "inner_optimizer", optimizer)
+      stats[f"optimizer/{name}/lr"] = float(tf.convert_to_tensor(inner.learning_rate).numpy())
+      if self.runtime.loss_scaling:
+        stats[f"optimizer/{name}/loss_scale"] = float(optimizer.dynamic_scale.numpy())
+        runs = sum(int(self._phase_runs[p.name].numpy()) for p in self.phases if p.optimizer == name)
+        applied = int(inner.iterations.numpy()) - self._iterations_at_start[name]
+        stats[f"optimizer/{name}/skipped_nonfinite"] = float(runs - applied)
+    return stats
+
+  def mark_start(self):
+    """Records the optimizers' step counts after a restore, for ``optimizer_stats``."""
+    self._iterations_at_start = {
+        name: int(getattr(o, "inner_optimizer", o).iterations.numpy()) for name, o in self.model.optimizers.items()}
+    for runs in self._phase_runs.values():
+      runs.assign(0)
 
   def position(self):
     """The data-stream position of the next step (host)."""
@@ -297,6 +362,7 @@ def prepare_config(config):
     require(int(config[key]) >= 1, f"--config.{key}={config[key]} must be at least 1")
   require(config.on_nonfinite in ("stop", "rollback"),
           f"unknown --config.on_nonfinite={config.on_nonfinite!r}: choose stop or rollback")
+  _profile_window(config)
   require(int(config.channels) in (1, 3), f"--config.channels={config.channels} must be 1 or 3")
   pipelines.parse_resolution(config.resolution)
   pipelines.InputOptions.from_config(config.get("input"))
@@ -364,12 +430,26 @@ class MetricWindow:
     return {name: self.sums[name] / self.counts[name] for name in self.sums}
 
 
-def _next_event(step, config, total):
-  upcoming = [total]
-  for key in ("log_every", "sample_every", "checkpoint_every"):
-    every = int(config[key])
-    upcoming.append((step // every + 1) * every)
+def _next_event(step, config, total, profile=None):
+  """The next step at which the host has work: a log, samples, a checkpoint, a histogram, a profile boundary."""
+  upcoming = [total] + [s for s in (profile or ()) if s > step]
+  for key in ("log_every", "sample_every", "checkpoint_every", "histogram_every"):
+    every = int(config.get(key) or 0)
+    if every:
+      upcoming.append((step // every + 1) * every)
   return min(upcoming)
+
+
+def _profile_window(config):
+  """(first, last) step of ``config.profile_steps`` ("A,B"), or None."""
+  value = config.get("profile_steps")
+  if not value:
+    return None
+  parts = [int(p) for p in str(value).replace(" ", "").split(",")] if not isinstance(value, (tuple, list)) else [
+      int(p) for p in value]
+  require(len(parts) == 2 and 0 <= parts[0] < parts[1],
+          f"--config.profile_steps={value!r}: give two steps A,B with A < B, e.g. 100,110")
+  return parts[0], parts[1]
 
 
 def _due(step, every, total):
@@ -455,6 +535,7 @@ def _train(config, workdir, runtime, source, signals):
                             runtime.is_chief, asynchronous=config.async_checkpoints)
   store.remove_orphans()
   store.restore_latest(warn=monitor.print)
+  trainer.mark_start()
   step = int(trainer.step.numpy())
   monitor.progress.start_done = monitor.progress.done = step
   monitor.print(f"genscale: {config.model.name} on {source.info.spec} ({source.info.count} images), "
@@ -481,7 +562,11 @@ def _train(config, workdir, runtime, source, signals):
     first = np.concatenate([r["image"].numpy() for r in runtime.strategy.experimental_local_results(reals)])
     monitor.image_grid(0, "data/reals", image_lib.grid(image_lib.to_uint8(first[:grid_count])),
                        path="samples/reals.png")
-    monitor.text(0, "config", "```\n" + config.to_json(indent=2, sort_keys=True) + "\n```")
+  monitor.text(step, "run/config", "```\n" + config.to_json(indent=2, sort_keys=True) + "\n```")
+  monitor.text(step, "run/versions", monitor_lib.versions() + f"\n- runtime: {runtime.describe()}")
+  monitor.hparams(config, os.path.basename(workdir.rstrip("/")) or workdir)
+  histogram_every = int(config.get("histogram_every") or 0)
+  profile = _profile_window(config)
 
   # ---- loop: compiled calls on the devices, host work in between.
   metrics = {}
@@ -490,9 +575,17 @@ def _train(config, workdir, runtime, source, signals):
   rollbacks = 0
   try:
     while step < total:
-      num = min(runtime.steps_per_loop, _next_event(step, config, total) - step)
-      metrics, finite = trainer.run(iterator, num)
+      num = min(runtime.steps_per_loop, _next_event(step, config, total, profile) - step)
+      log_due = _due(step + num, config.log_every, total)
+      histograms_due = bool(histogram_every) and _due(step + num, histogram_every, total)
+      if profile and step == profile[0] and runtime.is_chief:
+        tf.profiler.experimental.start(os.path.join(workdir, "tensorboard"))
+      metrics, finite = trainer.run(iterator, num, diagnostics=log_due or histograms_due,
+                                    histograms=histograms_due)
       step = int(trainer.step.numpy())
+      if profile and step == profile[1] and runtime.is_chief:
+        tf.profiler.experimental.stop()
+        monitor.print(f"profiled steps {profile[0]}..{profile[1]}: open the Profile tab of TensorBoard")
       if not first_call:  # the first call includes tracing and compilation
         window.add(metrics, trainer.last_counts)
 
@@ -524,8 +617,15 @@ def _train(config, workdir, runtime, source, signals):
         monitor.start_clock(step)
         first_call = False
       monitor.advance(step)
+      if histograms_due:
+        monitor.histograms(step, {v.name: v.numpy() for v in trainer.model.trainable_variables}, "weights")
+        for phase in trainer.phases:
+          if phase.name in trainer.last_gradients:
+            monitor.histograms(step, {v.name: g for v, g in zip(phase.variables, trainer.last_gradients[phase.name])},
+                               f"gradients/{phase.name}")
       if _due(step, config.log_every, total):
         extra = {"progress/ema_beta": float(trainer.ema_beta().numpy())}
+        extra.update(trainer.optimizer_stats())
         extra.update({f"model/{k}": float(v) for k, v in trainer.model.scalars().items()})
         monitor.log(step, window.means() or {k: v for k, v in metrics.items() if not k.startswith("perf/")},
                     input_wait_sec=window.input_wait, extra=extra)

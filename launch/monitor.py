@@ -105,6 +105,31 @@ class Monitor:
     if path:
       image_lib.write_png(os.path.join(self.workdir, path), pixels)
 
+  def histograms(self, step, named_arrays, prefix):
+    """One histogram per array (weights or gradients), tagged ``<prefix>/<name>``."""
+    if not self.enabled:
+      return
+    with self.writer.as_default(step=step):
+      for name, values in named_arrays.items():
+        tf.summary.histogram(f"{prefix}/{name}", values, step=step)
+    self.writer.flush()
+
+  def hparams(self, config, run_name):
+    """The run's hyperparameters for TensorBoard's HParams dashboard (one row per run; metrics are the run's
+    scalars, so the table shows their latest values)."""
+    if not self.enabled:
+      return
+    from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+    values = {}
+    for key, value in flatten(config).items():
+      if isinstance(value, (bool, int, float, str)):
+        values[key] = value
+      elif value is not None:
+        values[key] = str(value)
+    with self.writer.as_default():
+      hp.hparams(values, trial_id=run_name)
+    self.writer.flush()
+
   def text(self, step, tag, value):
     if not self.enabled:
       return
@@ -119,6 +144,34 @@ class Monitor:
 
   def elapsed(self):
     return time.monotonic() - self._started
+
+
+def flatten(config, prefix=""):
+  """A nested ConfigDict or dict as {"a.b.c": value}."""
+  items = config.items() if hasattr(config, "items") else []
+  out = {}
+  for key, value in items:
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def versions():
+  """Package versions that matter for reproducing a run, as Markdown."""
+  import platform  # pylint: disable=g-import-not-at-top
+  import genscale  # pylint: disable=g-import-not-at-top
+  lines = [f"- genscale {genscale.__version__}", f"- tensorflow {tf.__version__}",
+           f"- python {platform.python_version()} on {platform.platform()}"]
+  for package in ("keras", "tensorboard", "numpy", "tensorflow_datasets"):
+    try:
+      module = __import__(package)
+      lines.append(f"- {package} {getattr(module, '__version__', '?')}")
+    except ImportError:
+      pass
+  return "\n".join(lines)
 
 
 def _fmt(value):

@@ -55,6 +55,8 @@ def base():
   c.on_nonfinite = "stop"  # stop | rollback (restore the last checkpoint and skip the diverged data)
   c.max_rollbacks = 3  # rollbacks allowed per process before stopping
   c.sample_grid = 64  # images in a sample grid (a square number reads best)
+  c.histogram_every = 500  # steps between weight and gradient histograms (0: off; costly on TPUs)
+  c.profile_steps = ""  # "A,B": capture a profiler trace from step A to step B (TensorBoard's Profile tab)
   c.runtime = runtime()
   c.model = ml_collections.ConfigDict()
   return c

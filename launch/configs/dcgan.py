@@ -69,6 +69,7 @@ def get_config(variant="cpu"):
       c.runtime = common.runtime(strategy="auto", precision="mixed_float16", xla=True, steps_per_loop=50)
     else:
       c.batch_size = 1024
+      c.histogram_every = 0  # histograms move every weight and gradient to the host
       c.runtime = common.runtime(strategy="tpu", precision="mixed_bfloat16", xla=True, steps_per_loop=100)
   else:
     raise ValueError(f"unknown variant {variant!r}: use cpu, gpu or tpu")
