@@ -51,7 +51,7 @@ def get_config(variant="cpu"):
     c.model.g_width = 32
     c.model.d_width = 32
     c.log_every = 100
-    c.sample_every = 500
+    c.sample_every = 250
     c.checkpoint_every = 500
     # float32: CPUs without AVX512_BF16 emulate bfloat16 convolutions about 8x slower than float32.
     c.runtime = common.runtime(strategy="cpu", precision="float32", steps_per_loop=10)
