@@ -200,16 +200,21 @@ class Trainer:
     total.assign_add(value)
     count.assign_add(1.0)
 
-  def _run_segment(self, phases, batch, position, diagnostics=False):
+  def _run_segment(self, phases, batch, step, position, diagnostics=False):
     """Runs a group of phases on every replica; returns (all metrics finite, gradients when diagnostics)."""
     strategy = self.runtime.strategy
     per_replica, gradients = strategy.run(functools.partial(self._replica_phases, phases, diagnostics),
                                           args=(batch, position))
     finite = tf.constant(True)
+    reduced = {}
     for name, value in per_replica.items():
       value = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
       self._accumulate(name, value)
+      reduced[name] = value
       finite = tf.logical_and(finite, tf.math.is_finite(value))
+    # Model state that follows global statistics (ADA's p, the path-length mean) is updated here, from the
+    # step's metrics reduced over all replicas, outside any compiled region.
+    self.model.update_state(step, self.nimg, reduced)
     # Summed gradients are the same on every replica: keep the first local copy.
     return finite, tf.nest.map_structure(lambda g: strategy.experimental_local_results(g)[0], gradients)
 
@@ -244,10 +249,10 @@ class Trainer:
     gradients = {}
     for interval, phases in self._segments:
       if interval == 1:
-        ok, grads = self._run_segment(phases, batch, position, diagnostics)
+        ok, grads = self._run_segment(phases, batch, step, position, diagnostics)
         gradients.update(grads)
       else:
-        ok = tf.cond(step % interval == 0, lambda p=phases: self._run_segment(p, batch, position)[0],
+        ok = tf.cond(step % interval == 0, lambda p=phases: self._run_segment(p, batch, step, position)[0],
                      lambda: tf.constant(True))
       finite = tf.logical_and(finite, ok)
     if self.model.ema_pairs:

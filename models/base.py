@@ -150,3 +150,13 @@ class GenerativeModel(tf.Module):
   def scalars(self):
     """Model-specific values to log (name -> tensor), e.g. fade-in alpha or ADA p."""
     return {}
+
+  def update_state(self, step, nimg, metrics):
+    """Updates model state from global statistics; called after every group of phases that ran.
+
+    Runs inside the compiled training call in cross-replica context, outside XLA: ``metrics`` are the group's
+    metrics already reduced over all replicas (global means, see ``Phase``), ``step`` the step being trained and
+    ``nimg`` the images seen before it. Assign to variables created in the model's ``__init__`` (under the
+    strategy's scope), e.g. ADA's augmentation probability or the path-length mean. Default: nothing.
+    """
+    del step, nimg, metrics
