@@ -143,10 +143,10 @@ class Store:
   def restore_latest(self, warn=print):
     """Restores the newest checkpoint that reads back; returns its step, or None for a new run.
 
-    A checkpoint that fails to restore is reported through ``warn`` and skipped, never deleted.
+    Every worker restores, from the chief's directory (so under MultiWorkerMirroredStrategy the workdir must be
+    one every worker can read: a shared disk or gs://). A checkpoint that fails to restore is reported through
+    ``warn`` and skipped, never deleted.
     """
-    if not self.is_chief:
-      return None
     steps = committed_steps(self.workdir)
     for i, step in enumerate(steps):
       path = path_of(self.workdir, step)
@@ -156,6 +156,8 @@ class Store:
       except (IndexError, ValueError, AssertionError, tf.errors.OpError) as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         following = f"falling back to ckpt-{steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint left"
+        if not self.is_chief:
+          continue
         warn(f"warning: checkpoint {path} failed to restore ({type(e).__name__}: {reason}); {following}; "
              "the bad checkpoint is left in place")
     if steps:
@@ -209,3 +211,5 @@ class Store:
   def close(self):
     self.wait()
     self._committer.shutdown(wait=True)
+    if not self.is_chief:
+      shutil.rmtree(self.directory, ignore_errors=True)

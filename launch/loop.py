@@ -140,6 +140,9 @@ class Trainer:
       with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(phase.variables)
         per_example, metrics = phase.loss(batch, rng)
+        if per_example.shape.rank != 1 or per_example.shape[0] not in (None, self.per_replica_batch):
+          raise ValueError(f"phase {phase.name}: the loss must have one value per example, shape "
+                           f"[{self.per_replica_batch}], but has shape {per_example.shape}")
         loss = contribution(per_example)
         scaled = optimizer.scale_loss(loss) if self.runtime.loss_scaling else loss
       grads = tape.gradient(scaled, phase.variables)
@@ -501,6 +504,17 @@ def write_status(workdir, status, step, **extra):
       status=status, step=int(step), time=time.time(), host=socket.gethostname(), pid=os.getpid(), **extra))
 
 
+def _dump_weights(trainer, runtime):
+  """Diagnostics for distributed runs: with GENSCALE_DUMP_WEIGHTS=DIR, every worker writes its copy of the
+  model's variables to DIR/worker-<index>.npz at the end of training, so copies can be compared."""
+  directory = os.environ.get("GENSCALE_DUMP_WEIGHTS")
+  if not directory:
+    return
+  os.makedirs(directory, exist_ok=True)
+  values = {f"{i:04d}:{v.name}": v.numpy() for i, v in enumerate(trainer.model.variables)}
+  np.savez(os.path.join(directory, f"worker-{runtime.worker_index}.npz"), **values)
+
+
 # ---- the loop
 
 
@@ -518,9 +532,10 @@ def train(config, workdir, break_lock=False):
   if done and done[0] >= total:
     print(f"{workdir} already reached step {done[0]} (steps={total}); nothing to do", flush=True)
     return {}
-  storage.preflight(workdir)
   source = pipelines.open_source(config.data, config.get("input"))
   runtime = runtime_lib.create(config.runtime)
+  if runtime.is_chief:
+    storage.preflight(workdir)  # before anything is built; only the chief writes to the workdir
   holds_lock = lock_lib.WorkdirLock(workdir, break_stale=break_lock) if runtime.is_chief else contextlib.nullcontext()
   with holds_lock, StopSignals() as signals:
     return _train(config, workdir, runtime, source, signals)
@@ -640,8 +655,9 @@ def _train(config, workdir, runtime, source, signals):
       if _due(step, config.checkpoint_every, total):
         store.save(step)
 
-      # ---- preemption: save where we are and stop
-      if signals.requested:
+      # ---- preemption: save where we are and stop (every worker at the same step)
+      if runtime.any_worker(signals.requested):
+        signals.requested = signals.requested or "a stop request from another worker"
         if store.last_saved_step != step:
           store.save(step)
         store.wait()
@@ -653,6 +669,7 @@ def _train(config, workdir, runtime, source, signals):
     store.wait()
     if runtime.is_chief:
       write_status(workdir, "finished", step)
+    _dump_weights(trainer, runtime)
     monitor.print(f"done: step {step}, {monitor.elapsed():.0f}s in this process, workdir {workdir}")
   finally:
     store.close()

@@ -64,6 +64,25 @@ class Runtime:
     """Wraps a per-replica function that returns tensors (no variable writes); XLA-compiled when enabled."""
     return tf.function(fn, jit_compile=True) if self.xla else tf.function(fn)
 
+  def any_worker(self, flag):
+    """True on every worker when ``flag`` is true on any of them: a collective, so call it on all workers alike.
+
+    Used between compiled calls so that a stop request (SIGTERM on one machine) stops every worker at the same
+    step, instead of leaving the others waiting in a collective.
+    """
+    if self.num_workers == 1:
+      return bool(flag)
+    if not hasattr(self, "_any_fn"):
+      strategy = self.strategy
+
+      @tf.function
+      def any_fn(value):
+        per_replica = strategy.run(lambda: tf.identity(value))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+      self._any_fn = any_fn  # pylint: disable=attribute-defined-outside-init
+    return bool(self._any_fn(tf.constant(1.0 if flag else 0.0)) > 0)
+
   def describe(self):
     return (f"strategy={self.kind} replicas={self.num_replicas} workers={self.num_workers} "
             f"precision={self.precision} xla={self.xla} devices={','.join(self.devices)}")

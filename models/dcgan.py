@@ -120,11 +120,12 @@ class Discriminator(tf.Module):
     extra = num_classes if self.conditioning == "concat" else 0
     self.convs, self.norms = [], []
     prev = channels + extra
-    for i, width in enumerate(widths):
-      self.convs.append(layers.Conv2D(prev, width, int(m.kernel), keys, stride=2, init_std=_INIT_STD, dtype=dtype))
-      self.norms.append(layers.normalization("none" if i == 0 else m.d_norm, width, keys, dtype,
+    for i, features in enumerate(widths):
+      self.convs.append(layers.Conv2D(prev, features, int(m.kernel), keys, stride=2, init_std=_INIT_STD,
+                                      dtype=dtype))
+      self.norms.append(layers.normalization("none" if i == 0 else m.d_norm, features, keys, dtype,
                                              gamma_std=_INIT_STD))
-      prev = width
+      prev = features
     self.features = (height // 2**num_down) * (width // 2**num_down) * widths[-1]
     self.logit = layers.Dense(self.features, 1, keys, init_std=_INIT_STD, dtype=dtype)
     if self.conditioning == "projection":

@@ -37,7 +37,10 @@ def input_options():
 def base():
   c = ml_collections.ConfigDict()
   c.data = "embedded:mnist"  # source spec, see pipelines/sources.py
-  c.resolution = 32  # training resolution: an integer (square) or "HxW"
+  # Training resolution: an integer (square) or "HxW". Typed as any object so that --config.resolution=64 gives
+  # an int and --config.resolution=32x64 a string.
+  c.resolution = ml_collections.config_dict.placeholder(object)
+  c.resolution = 32
   c.channels = 1  # image channels the model sees (1 or 3); the pipeline converts
   c.flip = False  # random horizontal flips (mirror augmentation)
   c.input = input_options()

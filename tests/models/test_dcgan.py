@@ -19,13 +19,18 @@ def _model(config, info=INFO, dtype=tf.float32):
   return dcgan.DCGAN(loop.prepare_config(config), info, dtype)
 
 
-@pytest.mark.parametrize("resolution,channels", [(16, 1), (32, 3), (64, 3)])
-def test_output_shapes(tiny_dcgan, resolution, channels):
+# Widths other than 8 matter: with d_width 8 the last discriminator width equals the image side at every square
+# resolution, which once hid a flatten that used the width in place of the image side.
+@pytest.mark.parametrize("resolution,channels,width", [(16, 1, 8), (32, 3, 8), (64, 3, 8), (32, 1, 16),
+                                                        ("32x64", 3, 12)])
+def test_output_shapes(tiny_dcgan, resolution, channels, width):
   tiny_dcgan.resolution, tiny_dcgan.channels = resolution, channels
+  tiny_dcgan.model.g_width = tiny_dcgan.model.d_width = width
   model = _model(tiny_dcgan)
   rng = base.BatchRng(tf.constant([0, 0], tf.int64), 0, 4, 1)
   images = model.generate(rng)
-  assert images.shape == (4, resolution, resolution, channels)
+  height, side = (32, 64) if resolution == "32x64" else (resolution, resolution)
+  assert images.shape == (4, height, side, channels)
   assert images.dtype == tf.float32
   assert float(tf.reduce_max(tf.abs(images))) <= 1.0
   logits = model.discriminator(images)

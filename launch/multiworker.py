@@ -1,0 +1,133 @@
+"""Run N workers of a command on this machine, each with its own TF_CONFIG on loopback ports.
+
+  python -m launch.multiworker --workers=2 -- python -m launch.train --config=launch/configs/dcgan.py:cpu \\
+      --workdir=W --config.runtime.strategy=multiworker
+
+Every output line of worker i is printed as ``[worker i] ...``. When a worker dies (non-zero exit), the launcher
+stops the others (SIGTERM, then SIGKILL after --grace_seconds) and exits non-zero, naming the worker and showing
+its last lines. SIGTERM or Ctrl-C to the launcher is passed on to every worker, which all save at the same step
+and exit with status 75. Worker 0 is the chief; the others write nothing to the workdir.
+"""
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from genscale import cli
+
+cli.configure_environment()
+
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_integer("workers", 2, "Number of worker processes.")
+flags.DEFINE_float("grace_seconds", 30.0, "After a worker dies, how long the others get to stop before SIGKILL.")
+FLAGS = flags.FLAGS
+TAIL = 15
+
+
+def free_ports(count):
+  sockets, ports = [], []
+  for _ in range(count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    sockets.append(s)
+    ports.append(s.getsockname()[1])
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def worker_configs(count):
+  """One TF_CONFIG (as a JSON string) per worker, on free loopback ports."""
+  addresses = [f"127.0.0.1:{p}" for p in free_ports(count)]
+  return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
+          for i in range(count)]
+
+
+class Workers:
+  """The worker processes, their prefixed output, and the policy when one of them dies."""
+
+  def __init__(self, command, count, grace_seconds, stream=None):
+    self.stream = stream or sys.stdout
+    self.grace_seconds = grace_seconds
+    self.tails = [collections.deque(maxlen=TAIL) for _ in range(count)]
+    self._print_lock = threading.Lock()
+    self.processes = []
+    for index, config in enumerate(worker_configs(count)):
+      env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1")
+      process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 bufsize=1, start_new_session=True)
+      self.processes.append(process)
+      threading.Thread(target=self._relay, args=(index, process), daemon=True).start()
+
+  def _relay(self, index, process):
+    for line in process.stdout:
+      line = line.rstrip("\n")
+      self.tails[index].append(line)
+      with self._print_lock:
+        self.stream.write(f"[worker {index}] {line}\n")
+        self.stream.flush()
+
+  def signal_all(self, number):
+    for process in self.processes:
+      if process.poll() is None:
+        try:
+          os.killpg(process.pid, number)
+        except ProcessLookupError:
+          pass
+
+  def stop_all(self):
+    self.signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + self.grace_seconds
+    while time.monotonic() < deadline and any(p.poll() is None for p in self.processes):
+      time.sleep(0.2)
+    self.signal_all(signal.SIGKILL)
+    for process in self.processes:
+      process.wait()
+
+  def wait(self):
+    """Waits for every worker; returns (exit status, the first failed worker or None)."""
+    while True:
+      codes = [p.poll() for p in self.processes]
+      failed = [i for i, c in enumerate(codes) if c not in (None, 0, 75)]
+      if failed:
+        self.stop_all()
+        return codes[failed[0]], failed[0]
+      if all(c is not None for c in codes):
+        time.sleep(0.2)  # let the relays print the last lines
+        return (75 if 75 in codes else 0), None
+      time.sleep(0.2)
+
+
+def main(argv):
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+  command = argv[1:]
+  if command and command[0] == "--":
+    command = command[1:]
+  if not command:
+    raise UserError("give the command after --, e.g. python -m launch.multiworker --workers=2 -- python -m "
+                    "launch.train --config=... --workdir=... --config.runtime.strategy=multiworker")
+  if FLAGS.workers < 1:
+    raise UserError(f"--workers={FLAGS.workers} must be at least 1")
+  workers = Workers(command, FLAGS.workers, FLAGS.grace_seconds)
+  forward = lambda number, frame: workers.signal_all(signal.SIGTERM)
+  signal.signal(signal.SIGTERM, forward)
+  signal.signal(signal.SIGINT, forward)
+  status, failed = workers.wait()
+  if failed is not None:
+    tail = "\n".join(f"    {line}" for line in workers.tails[failed])
+    how = (f"was killed by signal {-status} ({signal.Signals(-status).name})" if status < 0
+           else f"exited with status {status}")
+    sys.stderr.write(f"genscale: error: worker {failed} {how}; stopped the other workers. Its last lines:\n{tail}\n")
+    sys.exit(status if status and status > 0 else 1)
+  sys.exit(status)
+
+
+if __name__ == "__main__":
+  cli.run(main)
