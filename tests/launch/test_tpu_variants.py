@@ -28,9 +28,11 @@ def tpu_config(name):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_tpu_variant_is_what_a_tpu_needs(name):
-  runtime = tpu_config(name).runtime
+  config = tpu_config(name)
+  runtime = config.runtime
   assert runtime.strategy == "tpu" and runtime.precision == "mixed_bfloat16"
   assert runtime.steps_per_loop > 1
+  assert config.batch_size % 8 == 0  # splits over the 8 replicas of a v2-8 or v3-8
 
 
 @pytest.mark.parametrize("name", CONFIGS)
