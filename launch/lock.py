@@ -161,7 +161,8 @@ class WorkdirLock:
       elif not self.break_stale:
         raise UserError(f"--workdir {self.workdir} has a stale lock from {describe(holder)}; if that run is "
                         "dead, rerun with --break_lock")
-      logging.warning("breaking the stale lock of %s (%s)", self.workdir, describe(holder))
+      else:
+        logging.warning("breaking the stale lock of %s (%s)", self.workdir, describe(holder))
       self._delete(generation)
     raise UserError(f"could not take the lock of --workdir {self.workdir}; another run is starting there")
 

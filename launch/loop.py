@@ -664,6 +664,7 @@ def _train(config, workdir, runtime, source, signals):
         if runtime.is_chief:
           write_status(workdir, "preempted", step, signal=signals.requested)
         monitor.print(f"{signals.requested}: saved step {step} and stopped; rerun the same command to resume")
+        runtime.any_worker(False)  # leave together (see the end of this function)
         raise Preempted(f"stopped by {signals.requested} at step {step}")
 
     store.wait()
@@ -675,4 +676,7 @@ def _train(config, workdir, runtime, source, signals):
     store.close()
     monitor.close()
     logging.flush()
+  # Workers leave together: one that exits while another still writes its last files is reported by
+  # TensorFlow's coordination service as crashed, and the other then waits for it until a timeout.
+  runtime.any_worker(False)
   return metrics

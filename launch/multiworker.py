@@ -12,6 +12,7 @@ and exit with status 75. Worker 0 is the chief; the others write nothing to the 
 import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,8 +28,14 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 flags.DEFINE_integer("workers", 2, "Number of worker processes.")
 flags.DEFINE_float("grace_seconds", 30.0, "After a worker dies, how long the others get to stop before SIGKILL.")
+flags.DEFINE_bool("hide_startup_info", True, "Don't print TensorFlow's informational start-up lines (I/W-level "
+                  "lines logged before its logging is set up); errors are always printed.")
 FLAGS = flags.FLAGS
 TAIL = 15
+# TensorFlow's C++ start-up messages bypass TF_CPP_MIN_LOG_LEVEL (they are logged before absl logging starts), and
+# with N workers they come N times: "I0000 00:00:1700000000.000000   123 port.cc:153] ..." and the notice about it.
+_TF_STARTUP_INFO = re.compile(r"^(?:[IW]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::"
+                              r"InitializeLog\(\) is called)")
 
 
 def free_ports(count):
@@ -53,8 +60,9 @@ def worker_configs(count):
 class Workers:
   """The worker processes, their prefixed output, and the policy when one of them dies."""
 
-  def __init__(self, command, count, grace_seconds, stream=None):
+  def __init__(self, command, count, grace_seconds, stream=None, hide_startup_info=True):
     self.stream = stream or sys.stdout
+    self.hide_startup_info = hide_startup_info
     self.grace_seconds = grace_seconds
     self.tails = [collections.deque(maxlen=TAIL) for _ in range(count)]
     self._print_lock = threading.Lock()
@@ -70,6 +78,8 @@ class Workers:
     for line in process.stdout:
       line = line.rstrip("\n")
       self.tails[index].append(line)
+      if self.hide_startup_info and _TF_STARTUP_INFO.match(line):
+        continue
       with self._print_lock:
         self.stream.write(f"[worker {index}] {line}\n")
         self.stream.flush()
@@ -115,7 +125,8 @@ def main(argv):
                     "launch.train --config=... --workdir=... --config.runtime.strategy=multiworker")
   if FLAGS.workers < 1:
     raise UserError(f"--workers={FLAGS.workers} must be at least 1")
-  workers = Workers(command, FLAGS.workers, FLAGS.grace_seconds)
+  workers = Workers(command, FLAGS.workers, FLAGS.grace_seconds,
+                    hide_startup_info=FLAGS.hide_startup_info)
   forward = lambda number, frame: workers.signal_all(signal.SIGTERM)
   signal.signal(signal.SIGTERM, forward)
   signal.signal(signal.SIGINT, forward)

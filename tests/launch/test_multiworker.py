@@ -138,6 +138,37 @@ def test_a_dead_worker_stops_the_launcher_with_an_error_naming_it(tmp_path):
   assert worker_pid(launcher.pid, 0) is None and time.monotonic() - start < 60
 
 
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  workdir = tmp_path / "w"
+  command = [sys.executable, "-m", "launch.multiworker", "--workers=2", "--", *TRAIN, *TINY, f"--workdir={workdir}",
+             "--config.runtime.strategy=multiworker", "--config.steps=100000", "--config.checkpoint_every=100000"]
+  launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+  try:
+    output = []
+    for line in launcher.stdout:
+      output.append(line)
+      if line.startswith("[worker 0] step "):
+        break
+    os.kill(worker_pid(launcher.pid, 1), signal.SIGTERM)  # the non-chief: the chief must learn of it
+    rest, _ = launcher.communicate(timeout=120)
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+  output = "".join(output) + rest
+  assert launcher.returncode == 75, output[-3000:]
+  stops = sorted(l for l in output.splitlines() if "genscale: stopped by" in l)
+  assert len(stops) == 2, output[-3000:]
+  steps = {int(l.rsplit("at step ", 1)[1].split(";")[0]) for l in stops}
+  assert len(steps) == 1, stops
+  step = steps.pop()
+  assert "[worker 0] genscale: stopped by a stop request from another worker at step" in stops[0]
+  assert os.path.exists(workdir / "checkpoints" / f"ckpt-{step}.index")
+  with open(workdir / "status.json", encoding="utf-8") as f:
+    assert json.load(f)["step"] == step
+
+
 def test_tf_config_for_a_host_list():
   config = cluster.tf_config(["10.0.0.2", "10.0.0.3:5000"], 1)
   assert config == {"cluster": {"worker": ["10.0.0.2:2222", "10.0.0.3:5000"]}, "task": {"type": "worker", "index": 1}}
