@@ -37,7 +37,7 @@ from launch import monitor as monitor_lib
 from launch import runtime as runtime_lib
 from launch import storage
 from launch.sampling import Sampler, grid_labels
-from models.base import BatchRng
+from models.base import BatchRng, variable_names
 import models
 import pipelines
 
@@ -582,6 +582,7 @@ def _train(config, workdir, runtime, source, signals):
     first = np.concatenate([r["image"].numpy() for r in runtime.strategy.experimental_local_results(reals)])
     monitor.image_grid(0, "data/reals", image_lib.grid(image_lib.to_uint8(first[:grid_count])),
                        path="samples/reals.png")
+    write_samples(0)  # the starting point, so even a short run shows its grids change
   monitor.text(step, "run/config", "```\n" + config.to_json(indent=2, sort_keys=True) + "\n```")
   monitor.text(step, "run/versions", monitor_lib.versions() + f"\n- runtime: {runtime.describe()}")
   monitor.hparams(config, os.path.basename(workdir.rstrip("/")) or workdir)
@@ -638,11 +639,13 @@ def _train(config, workdir, runtime, source, signals):
         first_call = False
       monitor.advance(step)
       if histograms_due:
-        monitor.histograms(step, {v.name: v.numpy() for v in trainer.model.trainable_variables}, "weights")
+        weights = trainer.model.trainable_variables
+        monitor.histograms(step, dict(zip(variable_names(trainer.model, weights), (v.numpy() for v in weights))),
+                           "weights")
         for phase in trainer.phases:
           if phase.name in trainer.last_gradients:
-            monitor.histograms(step, {v.name: g for v, g in zip(phase.variables, trainer.last_gradients[phase.name])},
-                               f"gradients/{phase.name}")
+            names = variable_names(trainer.model, phase.variables)
+            monitor.histograms(step, dict(zip(names, trainer.last_gradients[phase.name])), f"gradients/{phase.name}")
       if _due(step, config.log_every, total):
         extra = {"progress/ema_beta": float(trainer.ema_beta().numpy())}
         extra.update(trainer.optimizer_stats())

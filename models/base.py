@@ -160,3 +160,26 @@ class GenerativeModel(tf.Module):
     strategy's scope), e.g. ADA's augmentation probability or the path-length mean. Default: nothing.
     """
     del step, nimg, metrics
+
+
+def variable_names(module, variables):
+  """Unique readable names for ``variables`` of ``module``: their attribute paths, e.g. ``generator/ups/2/w``.
+
+  Variables of the project's layers are all called ``w``/``b``, so TensorFlow's own names repeat; the path from
+  the model's sub-modules tells them apart. A variable found under no sub-module keeps its own name, and a name
+  that would repeat gets its position appended.
+  """
+  is_variable = lambda v: isinstance(v, tf.Variable)
+  paths = {}
+  for attribute, child in sorted(vars(module).items()):
+    if isinstance(child, tf.Module):
+      for path, var in child._flatten(predicate=is_variable, with_path=True):  # pylint: disable=protected-access
+        paths.setdefault(id(var), "/".join([attribute, *map(str, path)]))
+  names, seen = [], set()
+  for i, var in enumerate(variables):
+    name = paths.get(id(var), var.name.split(":")[0])
+    if name in seen:
+      name = f"{name}_{i}"
+    seen.add(name)
+    names.append(name)
+  return names

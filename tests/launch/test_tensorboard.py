@@ -24,6 +24,20 @@ ARGS = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--c
         "--config.profile_steps=10,15"]
 
 
+def _model_of_args():
+  """The model the ARGS run trains, built here (same config, same data shape)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import pipelines  # pylint: disable=g-import-not-at-top
+  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch.configs import dcgan as dcgan_config  # pylint: disable=g-import-not-at-top
+  from models import dcgan  # pylint: disable=g-import-not-at-top
+  config = dcgan_config.get_config("cpu")
+  config.model.g_width = config.model.d_width = 8
+  config.model.latent_dim = 16
+  info = pipelines.DataInfo(spec="embedded:mnist", count=1, resolution=32, channels=1, num_classes=10)
+  return dcgan.DCGAN(loop.prepare_config(config), info, tf.float32)
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tb") / "run")
@@ -76,20 +90,24 @@ def test_images_are_decodable_grids_that_change(board):
   tags = _json(base, "/data/plugin/images/tags")["tensorboard"]
   assert {"samples/ema", "samples/raw", "data/reals"} <= set(tags)
   entries = _json(base, "/data/plugin/images/images", run="tensorboard", tag="samples/raw", sample=0)
-  assert [e["step"] for e in entries] == [10, 20]
+  assert [e["step"] for e in entries] == [0, 10, 20]  # the untrained generator, then every 10 steps
   grids = []
   for entry in entries:
     png = _get(base, "/data/plugin/images/individualImage?" + entry["query"])
     grids.append(np.asarray(Image.open(io.BytesIO(png))))
   assert grids[0].shape[:2] == image_lib.grid_shape(16, 32, 32)
-  assert not np.array_equal(grids[0], grids[1])  # the generator moved between steps 10 and 20
+  assert not np.array_equal(grids[1], grids[2])  # the generator moved between steps 10 and 20
 
 
 def test_histograms_of_weights_and_gradients(board):
   base, _ = board
   tags = _json(base, "/data/plugin/histograms/tags")["tensorboard"]
-  assert any(t.startswith("weights/") for t in tags)
-  assert any(t.startswith("gradients/D/") for t in tags) and any(t.startswith("gradients/G/") for t in tags)
+  # One tag per variable, named by its place in the model (layers' own names, w and b, repeat).
+  weights = sorted(t for t in tags if t.startswith("weights/"))
+  assert len(weights) == len(_model_of_args().trainable_variables)
+  assert "weights/generator/project/w" in weights and "weights/discriminator/logit/w" in weights
+  assert any(t.startswith("gradients/D/discriminator/") for t in tags)
+  assert any(t.startswith("gradients/G/generator/") for t in tags)
   tag = next(t for t in tags if t.startswith("gradients/G/"))
   steps = [h[1] for h in _json(base, "/data/plugin/histograms/histograms", run="tensorboard", tag=tag)]
   assert steps == [10, 20]
