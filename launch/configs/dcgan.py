@@ -4,8 +4,8 @@ Run:
   python -m launch.train --config=launch/configs/dcgan.py:cpu --workdir=/tmp/dcgan
 
 Variants:
-  cpu  the embedded digits at 32x32, batch 64, 2,000 steps; about 4 minutes on 2 CPU cores. Digits are
-       recognisable in the EMA sample grid by step 1,000.
+  cpu  the embedded digits at 32x32, batch 64, 2,000 steps; about 4 minutes on 2 CPU cores. Digits become
+       recognisable in the EMA sample grid from about step 1,500; most are by step 2,000.
   gpu  64x64 colour images (e.g. a folder or TFRecords prepared with pipelines.prepare), batch 128, the paper's
        widths; on every visible GPU.
   tpu  as gpu, on a TPU with bfloat16 and several steps per compiled call.
