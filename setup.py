@@ -54,8 +54,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["genscale", "genscale.*", "launch", "launch.*", "models", "models.*",
-                                    "pipelines", "pipelines.*"]),
-    package_data={"launch": ["templates/*", "colab_tpu.ipynb"]},
+                                    "pipelines", "pipelines.*", "evaluation", "evaluation.*"]),
+    package_data={"launch": ["templates/*", "colab_tpu.ipynb"], "evaluation": ["weights/mnist_classifier.npz"]},
     install_requires=install_requires,
     extras_require=extras_require,
     entry_points={
@@ -65,6 +65,7 @@ setup(
             "genscale-prepare=pipelines.prepare:entry_point",
             "genscale-inspect=pipelines.inspect:entry_point",
             "genscale-runs=launch.runs:entry_point",
+            "genscale-evaluate=launch.evaluate:entry_point",
         ],
     },
 )

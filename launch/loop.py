@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from evaluation import periodic as periodic_eval
 from genscale import images as image_lib
 from genscale.errors import UserError, require
 from launch import checkpoints
@@ -374,6 +375,7 @@ def prepare_config(config):
   require(int(config.channels) in (1, 3), f"--config.channels={config.channels} must be 1 or 3")
   pipelines.parse_resolution(config.resolution)
   pipelines.InputOptions.from_config(config.get("input"))
+  periodic_eval.check_config(config)
   return models.resolve(config)
 
 
@@ -439,9 +441,10 @@ class MetricWindow:
 
 
 def _next_event(step, config, total, profile=None):
-  """The next step at which the host has work: a log, samples, a checkpoint, a histogram, a profile boundary."""
+  """The next step at which the host has work: a log, samples, a checkpoint, a histogram, an evaluation, a profile
+  boundary."""
   upcoming = [total] + [s for s in (profile or ()) if s > step]
-  for key in ("log_every", "sample_every", "checkpoint_every", "histogram_every"):
+  for key in ("log_every", "sample_every", "checkpoint_every", "histogram_every", "eval_every"):
     every = int(config.get(key) or 0)
     if every:
       upcoming.append((step // every + 1) * every)
@@ -569,6 +572,9 @@ def _train(config, workdir, runtime, source, signals):
   columns = num_classes if num_classes else None
   samplers = {"ema": Sampler(runtime, trainer.model, grid_count, ema=True),
               "raw": Sampler(runtime, trainer.model, grid_count, ema=False)}
+  # Scores (FID, KID...) every config.eval_every steps; None when off.
+  evaluation = periodic_eval.PeriodicEvaluation.from_config(config, runtime, trainer.model, source.info, workdir,
+                                                            monitor.print)
 
   def write_samples(at):
     for kind, sampler in samplers.items():
@@ -657,6 +663,10 @@ def _train(config, workdir, runtime, source, signals):
         write_samples(step)
       if _due(step, config.checkpoint_every, total):
         store.save(step)
+      if evaluation is not None and evaluation.due(step, total):
+        scalars = evaluation(step)
+        monitor.scalars(step, scalars)
+        monitor.exclude_time(scalars["perf/eval_sec"])  # img/s counts training time only
 
       # ---- preemption: save where we are and stop (every worker at the same step)
       if runtime.any_worker(signals.requested):

@@ -62,6 +62,11 @@ class Monitor:
     else:
       self.progress.done = step
 
+  def exclude_time(self, seconds):
+    """Leaves ``seconds`` of host work between compiled calls (an evaluation) out of the next rates."""
+    if self._last_time is not None:
+      self._last_time += seconds
+
   def log(self, step, metrics, input_wait_sec=None, extra=None):
     """Writes a log line and TensorBoard scalars for the metrics averaged since the last log.
 

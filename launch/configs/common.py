@@ -60,6 +60,14 @@ def base():
   c.sample_grid = 64  # images in a sample grid (a square number reads best)
   c.histogram_every = 500  # steps between weight and gradient histograms (0: off; costly on TPUs)
   c.profile_steps = ""  # "A,B": capture a profiler trace from step A to step B (TensorBoard's Profile tab)
+  # Evaluation during training (evaluation/evaluator.py); the same scores as `python -m launch.evaluate`.
+  c.eval_every = 0  # steps between evaluations of the EMA generator, and at the end (0: off)
+  c.eval_num = 10_000  # generated images per evaluation (published FIDs use 50,000)
+  c.eval_metrics = "fid,kid"  # comma-separated: fid, kid, is, pr
+  c.eval_extractor = "classifier"  # classifier (offline; digits) | inception (needs eval_inception_weights)
+  c.eval_inception_weights = ml_collections.config_dict.placeholder(str)  # local or gs:// path
+  c.eval_data = ml_collections.config_dict.placeholder(str)  # reference data spec; default the training data
+  c.eval_batch_size = 64  # images per compiled evaluation call
   c.runtime = runtime()
   c.model = ml_collections.ConfigDict()
   return c

@@ -1,0 +1,343 @@
+"""Scores of a model (or of a second data source) against reference statistics: the library behind
+``launch.evaluate`` and the training loop's periodic evaluation.
+
+``Evaluator(runtime, model, config, info, workdir)`` reads its settings from the config's ``eval_*`` keys (each can
+be overridden by argument), builds the feature extractor under the runtime's strategy, and on the first call
+loads or computes the reference statistics. ``evaluator(step)`` then generates ``num`` images from fixed seeds on
+every replica, scores them, appends a line to ``<workdir>/metrics.jsonl`` and returns TensorBoard scalars
+(``eval/<metric>_<extractor>``, e.g. ``eval/fid_classifier``).
+
+Config keys (all optional):
+  eval_every              steps between evaluations during training; 0 = off (read by the training loop)
+  eval_num                generated images per evaluation (10,000)
+  eval_metrics            comma-separated: fid, kid, is, pr ("fid,kid")
+  eval_extractor          classifier | inception ("classifier")
+  eval_inception_weights  path of the Inception weights, for eval_extractor=inception
+  eval_data               reference data spec (default: the run's ``data``)
+  eval_batch_size         images per compiled call (64)
+
+Reference statistics depend on the data spec, resolution, channels, number of images, the extractor (name,
+weights fingerprint, input size, resize filter), the number of features kept and the IS splits. They are cached
+in ``<workdir>/eval/reference-<extractor>-<hash of those keys>.npz``, or at an explicit path, which is refused
+with a one-line error when its keys differ. The reference uses every image of the data (up to
+``reference_num``, 50,000), read once in a fixed shuffled order.
+
+Memory: the statistics are streamed (FeatureStats); KID and precision/recall use the first ``keep`` features of
+each set (10,000 by default: 80 MB for Inception's 2048-d features), so with ``num`` larger than ``keep`` they
+are computed on a subset while FID and IS use every image.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+from typing import Optional
+
+from absl import logging
+import tensorflow as tf
+
+from evaluation import extractors as extractors_lib
+from evaluation import metrics as metrics_lib
+from evaluation.features import FeatureRunner
+from evaluation.stats import FeatureStats
+from genscale.errors import UserError, require
+from genscale.progress import Progress
+import pipelines
+
+METRICS = ("fid", "kid", "is", "pr")
+REFERENCE_FORMAT = 1
+
+
+def parse_metrics(text, flag="--metrics"):
+  """"fid,kid" -> ("fid", "kid"), validated. Raises UserError."""
+  names = tuple(dict.fromkeys(m.strip().lower() for m in str(text).split(",") if m.strip()))
+  require(names, f"{flag} is empty: choose from {', '.join(METRICS)}")
+  for name in names:
+    require(name in METRICS, f"unknown {flag} entry {name!r}: choose from {', '.join(METRICS)}")
+  return names
+
+
+# EvalSettings fields that a run's config sets, and their config keys.
+CONFIG_KEYS = {"num": "eval_num", "metrics": "eval_metrics", "extractor": "eval_extractor",
+               "inception_weights": "eval_inception_weights", "data": "eval_data", "batch_size": "eval_batch_size"}
+
+
+@dataclasses.dataclass
+class EvalSettings:
+  """What an evaluation computes and how. Field comments give the defaults' reasons."""
+  metrics: tuple = ("fid", "kid")
+  num: int = 10_000  # generated images; published FIDs use 50,000
+  extractor: str = "classifier"
+  inception_weights: Optional[str] = None
+  resize: Optional[str] = None  # None: the extractor's default filter
+  data: Optional[str] = None  # reference data spec; None: the run's
+  reference: Optional[str] = None  # reference statistics file; None: cached under the workdir
+  reference_num: int = 50_000  # at most this many reference images
+  batch_size: int = 64
+  seed: int = 0  # generation seed: every evaluation of a run scores the same latents
+  keep: int = 10_000  # features kept per set for KID and precision/recall
+  kid_subsets: int = 100  # Bińkowski et al.: 100 subsets of 1,000
+  kid_subset_size: int = 1000
+  is_splits: int = 10  # Salimans et al.
+  pr_k: int = 3  # Kynkäänniemi et al.
+  ema: bool = True
+  config_named: tuple = ()  # fields the user sets through the config: messages name --config.eval_* for them
+
+  @classmethod
+  def from_config(cls, config, **overrides):
+    """Settings from the config's eval_* keys, then ``overrides`` (fields; None values are ignored)."""
+    values = {field: config.get(key) for field, key in CONFIG_KEYS.items() if config.get(key) is not None}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    settings = cls(config_named=tuple(f for f in CONFIG_KEYS if f not in given), **values)
+    settings.validate()
+    return settings
+
+  def flag(self, field):
+    """How the user names a field: ``--config.eval_num`` or ``--num``."""
+    return f"--config.{CONFIG_KEYS[field]}" if field in self.config_named else f"--{field}"
+
+  def validate(self):
+    """Checks everything that can be checked without building anything. Raises UserError."""
+    metrics = self.metrics if isinstance(self.metrics, str) else ",".join(self.metrics)
+    self.metrics = parse_metrics(metrics, self.flag("metrics"))
+    require(int(self.num) >= 2, f"{self.flag('num')}={self.num} must be at least 2")
+    require(self.extractor in extractors_lib.EXTRACTORS,
+            f"unknown {self.flag('extractor')}={self.extractor!r}: choose one of "
+            f"{', '.join(extractors_lib.EXTRACTORS)}")
+    require(self.resize in (None,) + extractors_lib.RESIZE_FILTERS,
+            f"unknown --resize={self.resize!r}: choose one of {', '.join(extractors_lib.RESIZE_FILTERS)}")
+    require(int(self.batch_size) >= 1, f"{self.flag('batch_size')}={self.batch_size} must be positive")
+    require(int(self.reference_num) >= 2, f"--reference_num={self.reference_num} must be at least 2")
+    require(int(self.is_splits) >= 1, f"--is_splits={self.is_splits} must be at least 1")
+    require(int(self.kid_subsets) >= 1 and int(self.kid_subset_size) >= 2,
+            "--kid_subsets must be at least 1 and --kid_subset_size at least 2")
+    require(int(self.pr_k) >= 1, f"--pr_k={self.pr_k} must be at least 1")
+    if self.needs_features:
+      need = int(self.pr_k) + 1 if "pr" in self.metrics else 2
+      require(int(self.keep) >= need, f"--keep={self.keep}: KID and precision/recall need at least {need} features")
+    if self.extractor == "inception":
+      from evaluation import inception  # pylint: disable=g-import-not-at-top
+      inception.check_path(self.inception_weights, self.flag("inception_weights"), self.flag("extractor"))
+
+  @property
+  def needs_features(self):
+    return "kid" in self.metrics or "pr" in self.metrics
+
+  @property
+  def needs_reference(self):
+    return any(m in self.metrics for m in ("fid", "kid", "pr"))
+
+
+def compute_metrics(settings, reference, generated, what="generated", show_progress=False):
+  """{name: value} and warnings for the requested metrics (host). ``reference`` may be None for IS only."""
+  values, warnings = {}, []
+
+  def progress(total, description):
+    return Progress(total, description, unit="it") if show_progress else None
+
+  def close(bar):
+    if bar is not None:
+      bar.close()
+
+  if "fid" in settings.metrics:
+    warnings += metrics_lib.covariance_warnings(reference, "reference")
+    warnings += metrics_lib.covariance_warnings(generated, what)
+    values["fid"] = metrics_lib.fid(reference, generated)
+  if "kid" in settings.metrics:
+    bar = progress(settings.kid_subsets, "KID subsets")
+    values["kid"], values["kid_std"] = metrics_lib.kernel_inception_distance(
+        reference.features, generated.features, settings.kid_subsets, settings.kid_subset_size, seed=settings.seed,
+        progress=bar)
+    close(bar)
+  if "is" in settings.metrics:
+    values["is"], values["is_std"] = generated.inception_score()
+  if "pr" in settings.metrics:
+    bar = progress(2 * (len(reference.features) + len(generated.features)), "precision/recall")
+    values["precision"], values["recall"] = metrics_lib.precision_recall(reference.features, generated.features,
+                                                                         settings.pr_k, progress=bar)
+    close(bar)
+  return values, warnings
+
+
+def scalar_tags(values, extractor):
+  """{"fid": v} -> {"eval/fid_classifier": v}: the TensorBoard tags."""
+  return {f"eval/{name}_{extractor}": float(v) for name, v in values.items()}
+
+
+def append_jsonl(path, record):
+  """Appends one JSON line (local or gs://, where files can't be appended to: read and rewrite)."""
+  line = json.dumps(record, sort_keys=True) + "\n"
+  old = ""
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path, "r") as f:
+      old = f.read()
+    if old and not old.endswith("\n"):
+      old += "\n"
+  directory = os.path.dirname(path)
+  if directory:
+    tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(old + line)
+
+
+def _keys_digest(keys):
+  return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class Evaluator:
+  """Periodic or one-off evaluation of a model. Host code driving distributed feature extraction.
+
+  Args:
+    runtime: the Runtime the model was built with.
+    model: a GenerativeModel (None to compare data sources only, see ``evaluate_source``).
+    config: the run's ConfigDict (``data``, ``resolution``, ``channels``, ``input`` and the eval_* keys).
+    info: the DataInfo of the run's data.
+    workdir: the run directory (reference cache and metrics.jsonl), or None to write nothing.
+    progress: show progress bars (off inside the training loop if its own bar is on screen).
+    log_warnings: log each distinct warning once (absl); they are also kept in ``self.warnings``.
+    settings: an EvalSettings to use instead of the config's eval_* keys (the command line builds one).
+    **overrides: EvalSettings fields that replace the config's values.
+  """
+
+  def __init__(self, runtime, model, config, info, workdir, progress=True, log_warnings=True, settings=None,
+               **overrides):
+    self.settings = settings if settings is not None else EvalSettings.from_config(config, **overrides)
+    self.runtime = runtime
+    self.model = model
+    self.config = config
+    self.info = info
+    self.workdir = workdir
+    self.show_progress = progress
+    self.log_warnings = log_warnings
+    self._logged = set()
+    self.data = self.settings.data or config.get("data", None) or info.spec
+    self.resolution = config.get("resolution", None) or info.resolution
+    self.channels = int(config.get("channels", None) or info.channels)
+    s = self.settings
+    self.extractor = extractors_lib.build(s.extractor, strategy=runtime.strategy, inception_weights=s.inception_weights,
+                                          resize_filter=s.resize, weights_flag=s.flag("inception_weights"))
+    if "is" in s.metrics and not self.extractor.num_classes:
+      raise UserError(f"{s.flag('metrics')}=is needs logits, but {s.inception_weights} has no classification layer "
+                      "(a notop file); use weights with the top or drop is")
+    self.runner = FeatureRunner(runtime, self.extractor, s.batch_size)
+    self.notes = []
+    if s.extractor == "classifier" and not str(self.data).startswith("embedded:mnist"):
+      self.notes.append(f"the classifier extractor knows digits only; its scores on {self.data} say little "
+                        "(use --extractor=inception)")
+    self._reference = None
+    self.reference_path = None
+    self.last_record = None
+    self.warnings = []
+
+  # ---- reference statistics
+
+  def _progress(self, total, description):
+    return Progress(total, description, unit="img") if self.show_progress else None
+
+  def reference_keys(self, count):
+    keys = {"format": REFERENCE_FORMAT, "data": str(self.data),
+            "resolution": "x".join(str(v) for v in pipelines.parse_resolution(self.resolution)),
+            "channels": self.channels, "count": int(count),
+            "features_kept": min(int(self.settings.keep), int(count)), "is_splits": int(self.settings.is_splits)}
+    keys.update(self.extractor.keys())
+    return keys
+
+  def reference_stats(self):
+    """The reference FeatureStats: loaded from the cache, or computed once (and cached by the chief)."""
+    if self._reference is not None:
+      return self._reference
+    source = pipelines.open_source(self.data, self.config.get("input", None))
+    count = min(int(source.info.count), int(self.settings.reference_num))
+    require(count >= 2, f"the reference data {self.data} has {source.info.count} images; need at least 2")
+    keys = self.reference_keys(count)
+    path = self.settings.reference
+    if path is None and self.workdir:
+      path = os.path.join(self.workdir, "eval", f"reference-{self.extractor.name}-{_keys_digest(keys)}.npz")
+    self.reference_path = path
+    # Every worker must take the same branch: computing runs collectives (see FeatureRunner.all_workers).
+    if path and self.runner.all_workers(tf.io.gfile.exists(path)):
+      stats, stored = FeatureStats.load(path)
+      for key, wanted in keys.items():
+        if stored.get(key) != wanted:
+          raise UserError(f"--reference={path} holds statistics for {key}={stored.get(key)!r}, but this evaluation "
+                          f"needs {key}={wanted!r}; pass another --reference or delete the file to recompute it")
+      self._reference = stats
+      return stats
+    progress = self._progress(count, f"reference {self.data}")
+    stats = self.runner.of_source(source, resolution=self.resolution, channels=self.channels, num=count,
+                                  splits=self.settings.is_splits, keep=min(int(self.settings.keep), count),
+                                  progress=progress)
+    if progress:
+      progress.close()
+    if path and self.runtime.is_chief:
+      stats.save(path, keys)
+    self._reference = stats
+    return stats
+
+  def prepare(self):
+    """Loads or computes the reference statistics now (otherwise the first evaluation does)."""
+    if self.settings.needs_reference:
+      self.reference_stats()
+    return self
+
+  # ---- evaluations
+
+  def _finish(self, step, generated, what, extra):
+    s = self.settings
+    reference = self.reference_stats() if s.needs_reference else None
+    values, warnings = compute_metrics(s, reference, generated, what, show_progress=self.show_progress)
+    self.warnings = self.notes + warnings
+    for message in self.warnings:
+      if self.log_warnings and message not in self._logged:
+        logging.warning("%s", message)
+        self._logged.add(message)
+    record = {"step": None if step is None else int(step), "extractor": self.extractor.name,
+              "extractor_weights": self.extractor.fingerprint, "resize": self.extractor.resize_filter,
+              "num": int(generated.count), "data": str(self.data),
+              "reference_count": None if reference is None else int(reference.count), "metrics": values,
+              "warnings": list(self.warnings),
+              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    record.update(extra)
+    self.last_record = record
+    if self.workdir and self.runtime.is_chief:
+      append_jsonl(os.path.join(self.workdir, "metrics.jsonl"), record)
+    return scalar_tags(values, self.extractor.name)
+
+  def __call__(self, step, checkpoint=None, **sampling_options):
+    """Scores ``settings.num`` images of the model's current weights. Returns {"eval/<metric>_<extractor>": v}.
+
+    ``sampling_options`` go to ``model.generate`` (truncation, sampler steps...).
+    """
+    require(self.model is not None, "this Evaluator has no model; use evaluate_source")
+    s = self.settings
+    if s.needs_reference:
+      self.reference_stats()  # first, so its progress bar comes before the evaluation's
+    progress = self._progress(s.num, f"evaluate step {step}")
+    generated = self.runner.of_model(self.model, seed=s.seed, num=s.num, splits=s.is_splits,
+                                     keep=s.keep if s.needs_features else 0, ema=s.ema, progress=progress,
+                                     **sampling_options)
+    if progress:
+      progress.close()
+    extra = {"ema": bool(s.ema), "seed": int(s.seed)}
+    if checkpoint:
+      extra["checkpoint"] = str(checkpoint)
+    return self._finish(step, generated, "generated", extra)
+
+  def evaluate_source(self, spec, step=None):
+    """Scores up to ``settings.num`` images of another data source against the reference (e.g. the real-vs-real
+    floor: the held-out test split against the train split)."""
+    s = self.settings
+    if s.needs_reference:
+      self.reference_stats()
+    source = pipelines.open_source(spec, self.config.get("input", None))
+    count = min(int(s.num), int(source.info.count))
+    require(count >= 2, f"{spec} has {source.info.count} images; need at least 2")
+    progress = self._progress(count, f"evaluate {spec}")
+    stats = self.runner.of_source(source, resolution=self.resolution, channels=self.channels, num=count,
+                                  splits=s.is_splits, keep=min(int(s.keep), count) if s.needs_features else 0,
+                                  progress=progress)
+    if progress:
+      progress.close()
+    return self._finish(step, stats, spec, {"compare_data": str(spec)})

@@ -1,0 +1,94 @@
+"""The Evaluator the training loop calls: settings from the config, one reference, records and scalars."""
+
+import json
+import os
+
+import keras
+import pytest
+
+from evaluation.evaluator import EvalSettings, Evaluator, parse_metrics
+from genscale.errors import UserError
+from launch import loop
+from launch import runtime as runtime_lib
+import models
+import pipelines
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras_policy():
+  yield
+  keras.mixed_precision.set_global_policy("float32")
+
+
+def test_metrics_are_parsed_and_checked():
+  assert parse_metrics("FID, kid,fid") == ("fid", "kid")
+  with pytest.raises(UserError, match="unknown --metrics entry 'lpips': choose from fid, kid, is, pr"):
+    parse_metrics("fid,lpips")
+
+
+def test_settings_come_from_the_config_and_arguments_override_them(tiny_dcgan):
+  config = tiny_dcgan
+  config.eval_num = 123
+  config.eval_metrics = "fid,is"
+  settings = EvalSettings.from_config(config)
+  assert settings.num == 123 and settings.metrics == ("fid", "is") and settings.extractor == "classifier"
+  assert EvalSettings.from_config(config, num=7, metrics=None).num == 7
+  config.eval_metrics = "fid,lpips"
+  with pytest.raises(UserError, match="unknown --config.eval_metrics entry 'lpips'"):
+    EvalSettings.from_config(config)
+  config.eval_metrics = "fid"
+  config.eval_extractor = "inception"
+  with pytest.raises(UserError, match="needs --config.eval_inception_weights=PATH"):
+    EvalSettings.from_config(config)
+  config.eval_inception_weights = "/no/such/classify_image_graph_def.pb"
+  with pytest.raises(UserError, match="--config.eval_inception_weights=/no/such/classify_image_graph_def.pb does not"):
+    EvalSettings.from_config(config)
+
+
+def _evaluator(config, workdir):
+  config = loop.prepare_config(config)
+  runtime = runtime_lib.create(config.runtime)
+  info = pipelines.open_source(config.data).info
+  with runtime.strategy.scope():
+    model = models.build(config, info, runtime.compute_dtype)
+  return Evaluator(runtime, model, config, info, workdir, progress=False, kid_subsets=10)
+
+
+def test_the_evaluator_scores_a_model_and_computes_its_reference_once(tiny_dcgan, tmp_path):
+  config = tiny_dcgan
+  config.eval_num = 64
+  config.eval_metrics = "fid,kid,is,pr"
+  config.eval_data = "embedded:mnist:test"  # 500 reference images keep the test quick
+  workdir = str(tmp_path)
+  evaluator = _evaluator(config, workdir)
+  first = evaluator(5)
+  assert set(first) == {f"eval/{m}_classifier" for m in ("fid", "kid", "kid_std", "is", "is_std", "precision",
+                                                         "recall")}
+  assert first["eval/fid_classifier"] > 0 and 1.0 <= first["eval/is_classifier"] <= 10.0
+
+  def no_second_reference(*args, **kwargs):
+    raise AssertionError("the reference statistics were computed again")
+
+  evaluator.runner.of_source = no_second_reference
+  assert evaluator(6) == first  # the same weights and seeds score the same
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [5, 6]
+  assert records[0]["num"] == 64 and records[0]["reference_count"] == 500
+  # A new evaluator (a resumed run) reads the cached reference instead of computing it.
+  again = _evaluator(config, workdir)
+  again.runner.of_source = no_second_reference
+  loaded = again.reference_stats()
+  assert again.reference_path == evaluator.reference_path and os.path.exists(again.reference_path)
+  assert (loaded.mean == evaluator.reference_stats().mean).all()
+
+
+def test_a_data_source_scored_against_itself_has_no_distance(tiny_dcgan, tmp_path):
+  config = tiny_dcgan
+  config.eval_data = "embedded:mnist:test"
+  config.eval_metrics = "fid,pr"
+  evaluator = Evaluator(runtime_lib.create(loop.prepare_config(config).runtime), None, config,
+                        pipelines.open_source(config.data).info, None, progress=False)
+  scores = evaluator.evaluate_source("embedded:mnist:test")
+  assert scores["eval/fid_classifier"] == pytest.approx(0.0, abs=1e-6)
+  assert scores["eval/precision_classifier"] == 1.0 and scores["eval/recall_classifier"] == 1.0
