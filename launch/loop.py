@@ -147,6 +147,9 @@ class Trainer:
         loss = contribution(per_example)
         scaled = optimizer.scale_loss(loss) if self.runtime.loss_scaling else loss
       grads = tape.gradient(scaled, phase.variables)
+      # Lookups (class embeddings) give sparse gradients; dense ones all-reduce and unscale the same on every
+      # strategy, and the tables they come from are small.
+      grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
       missing = [v.name for v, g in zip(phase.variables, grads) if g is None]
       if missing:
         raise ValueError(f"phase {phase.name}: no gradient for {', '.join(missing)}")

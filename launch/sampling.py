@@ -25,6 +25,7 @@ class Sampler:
   def __init__(self, runtime, model, batch_size, ema=True, **options):
     self.runtime = runtime
     self.model = model
+    model.check_sampling_options(**options)
     replicas = runtime.num_replicas
     self.batch_size = -(-int(batch_size) // replicas) * replicas
     self.per_replica = self.batch_size // replicas

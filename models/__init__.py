@@ -48,3 +48,10 @@ def _load_builtin():
   _BUILTIN_LOADED.append(True)
   from models import dcgan  # pylint: disable=g-import-not-at-top
   register("dcgan", dcgan.resolve, dcgan.DCGAN)
+  from models import diffusion  # pylint: disable=g-import-not-at-top
+  register("ddpm", diffusion.resolve_ddpm, diffusion.DiffusionModel)  # Ho et al. 2020 (+ DDIM sampling)
+  register("edm", diffusion.resolve_edm, diffusion.DiffusionModel)  # Karras et al. 2022
+  from models import pggan  # pylint: disable=g-import-not-at-top
+  register("pggan", pggan.resolve, pggan.ProgressiveGAN)  # Karras et al. 2018
+  from models import stylegan2  # pylint: disable=g-import-not-at-top
+  register("stylegan2", stylegan2.resolve, stylegan2.StyleGAN2)  # Karras et al. 2020 (StyleGAN2 + ADA)

@@ -147,6 +147,16 @@ class GenerativeModel(tf.Module):
     """Images in [-1, 1], float32 [b, H, W, C], from per-example randomness ``rng``. Runs per replica."""
     raise NotImplementedError
 
+  def check_sampling_options(self, **options):
+    """Raises ``genscale.errors.UserError`` for sampling options this model doesn't take or accept.
+
+    Called eagerly before ``generate`` is compiled, so a bad command-line option gives a one-line error instead
+    of a trace. Default: the model takes no options.
+    """
+    if options:
+      from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+      raise UserError(f"{type(self).__name__} sampling takes no options; got --{', --'.join(sorted(options))}")
+
   def scalars(self):
     """Model-specific values to log (name -> tensor), e.g. fade-in alpha or ADA p."""
     return {}

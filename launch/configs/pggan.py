@@ -1,0 +1,97 @@
+"""Progressive GAN (Karras et al. 2018): grows G and D from 4x4 to the target resolution, fading each new one in.
+
+Run:
+  python -m launch.train --config=launch/configs/pggan.py:cpu --workdir=/tmp/pggan
+  python -m launch.sample --workdir=/tmp/pggan --num=64 --out=/tmp/pggan/grid.png
+
+Variants:
+  cpu      the embedded digits, 4x4 -> 32x32, narrow networks (128 channels up to 16x16, 64 at 32x32), latent
+           128, batch 32, float32, 2,600 steps (83.2 kimg): 8 kimg stable per resolution and 8 kimg fades, then
+           35.2 kimg at 32x32. On 2 idle CPU cores about 5 minutes. Expected result: blurry digit-shaped blobs at
+           8x8, clear digits at 16x16, and recognisable (if not always well-formed) 32x32 digits in the final EMA
+           grid; the sample grids are always 32x32, lower resolutions upsampled.
+  gpu      CelebA-HQ-style faces at 256x256 from TFRecords prepared with pipelines.prepare, the paper's networks
+           (latent 512, widths 512 ... 64), WGAN-GP with drift, Adam(0.001, 0, 0.99), batch 16, mirror
+           augmentation, the paper's schedule (800 kimg stable + 800 kimg fade per resolution) and G EMA 0.999;
+           12,000 kimg. Expected: faces like the paper's 256x256 CelebA-HQ results.
+  gpu1024  as gpu at 1024x1024 (widths down to 16), 15,000 kimg; the paper's CelebA-HQ setting except the
+           batch size (see docs/pggan.md). Expected: the paper's 1024x1024 CelebA-HQ faces.
+  tpu      as gpu on a TPU: bfloat16, the whole step compiled, batch 64, 100 steps per compiled call.
+
+Every variant starts at 4x4 and logs model/lod, model/alpha and model/resolution. Change the schedule with
+--config.model.stable_kimg / fade_kimg, the loss with --config.model.loss=nonsaturating, and learning rates per
+resolution with --config.model.lr_by_resolution=128:0.0015,256:0.002.
+"""
+
+import ml_collections
+
+from launch.configs import common
+
+
+def model():
+  m = ml_collections.ConfigDict()
+  m.name = "pggan"
+  m.latent_dim = 512
+  m.width_base = 16384  # feature maps at resolution R: min(width_base / R, width_max)
+  m.width_max = 512
+  m.start_resolution = 4
+  m.stable_kimg = 800.0  # images (thousands) at each resolution before the next one fades in
+  m.fade_kimg = 800.0  # images (thousands) over which a new resolution fades in
+  m.loss = "wgan-gp"  # wgan-gp (with drift, as in the paper) | nonsaturating
+  m.gp_weight = 10.0  # WGAN-GP λ
+  m.drift = 0.001  # ε_drift: weight of D(real)² in the critic loss
+  m.r1_gamma = 0.0  # optional R1 penalty (with the nonsaturating loss)
+  m.mbstd_group = 4  # examples per minibatch-stddev group
+  m.lr = 0.001
+  m.lr_by_resolution = ""  # e.g. "128:0.0015,256:0.002": rate while the networks run at that resolution
+  m.beta1 = 0.0
+  m.beta2 = 0.99
+  m.adam_epsilon = 1e-8
+  m.reset_adam = True  # restart Adam (moments and bias correction) when a fade starts and ends, as the reference code
+  m.n_critic = 1  # critic updates per generator update (with more, a step's G update sees the next step's lod)
+  m.ema_beta = 0.999  # generator EMA decay per step; sets ema_halflife_kimg for the batch (None: use that key)
+  m.conditional = False  # class-conditional when the data has labels
+  m.conditioning = "acgan"  # acgan (auxiliary classifier, as in the paper's CIFAR-10 runs) | projection
+  m.acgan_weight = 1.0
+  return m
+
+
+def get_config(variant="cpu"):
+  c = common.base()
+  c.model = model()
+  if variant == "cpu":
+    c.resolution = 32
+    c.channels = 1
+    c.batch_size = 16
+    c.model.latent_dim = 128
+    c.model.width_base = 1024  # 64, 64, 64, 32 channels at 4, 8, 16, 32
+    c.model.width_max = 64
+    c.model.stable_kimg = 8.0  # 500 steps per stable phase and per fade
+    c.model.fade_kimg = 8.0
+    c.model.ema_beta = 0.99  # a short run: the paper's 0.999 would lag ~1,000 steps behind the growing networks
+    c.steps = 3500  # 56 kimg: 32x32 is faded in by step 3,000, then trained 500 steps
+    c.log_every = 100
+    c.sample_every = 500  # grids at the end of each phase
+    c.checkpoint_every = 500
+    c.histogram_every = 0
+    c.runtime = common.runtime(strategy="cpu", precision="float32", steps_per_loop=10)
+  elif variant in ("gpu", "gpu1024", "tpu"):
+    c.data = "tfrecord:/path/to/celebahq-1024" if variant == "gpu1024" else "tfrecord:/path/to/celebahq-256"
+    c.resolution = 1024 if variant == "gpu1024" else 256
+    c.channels = 3
+    c.flip = True  # mirror augmentation
+    c.batch_size = 16
+    c.steps = (15_000_000 if variant == "gpu1024" else 12_000_000) // c.batch_size
+    c.log_every = 1000
+    c.sample_every = 10_000
+    c.checkpoint_every = 10_000
+    c.histogram_every = 0
+    if variant == "tpu":
+      c.batch_size = 64
+      c.steps = 12_000_000 // c.batch_size
+      c.runtime = common.runtime(strategy="tpu", precision="mixed_bfloat16", xla=True, steps_per_loop=100)
+    else:
+      c.runtime = common.runtime(strategy="auto", precision="mixed_float16", xla=True, steps_per_loop=50)
+  else:
+    raise ValueError(f"unknown variant {variant!r}: use cpu, gpu, gpu1024 or tpu")
+  return c

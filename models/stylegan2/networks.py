@@ -1,0 +1,273 @@
+"""StyleGAN2 networks (Karras et al. 2020, config F): mapping network, skip generator, residual discriminator.
+
+Every weighted layer uses the equalized learning rate: weights are stored as N(0, 1/lr_mul²) and scaled at run time
+by lr_mul / sqrt(fan_in). Blocks at the highest ``reduced_precision_res`` resolutions compute in the runtime's
+reduced precision (bfloat16 or float16); the others, the mapping network, the styles and all statistics stay
+float32. The generator's RGB skip path is float32 too.
+
+Generator:
+  z (+ class embedding) -> normalise -> 8 dense layers (lr_mul 0.01) -> w
+  learned 4x4 constant -> per resolution: [modulated 3x3 conv (2x up from 8x8 on), modulated 3x3 conv], each with
+  per-pixel noise times a learned strength, bias, leaky ReLU; a 1x1 modulated toRGB per resolution, summed into
+  the upsampled RGB image (the "skip" architecture). Layer i takes w_i of ws [b, num_ws, w_dim]: one w per
+  convolution, and each toRGB shares the w of the next block's first convolution.
+Discriminator:
+  fromRGB 1x1 -> per resolution: 3x3 conv, 3x3 conv with 2x down, plus a 1x1 down-sampled skip, summed with gain
+  sqrt(1/2) -> at 4x4: minibatch standard deviation, 3x3 conv, dense, and a linear output. Conditional
+  discriminators add the projection of the features onto a learned class embedding (Miyato & Koyama 2018).
+"""
+
+import math
+
+import tensorflow as tf
+
+from models import layers
+from models.stylegan2 import ops
+
+
+def channels_at(resolution, channel_base, channel_max):
+  """Feature maps at a resolution: channel_base / resolution, at most channel_max (StyleGAN2's rule)."""
+  return int(min(channel_base // resolution, channel_max))
+
+
+def block_dtype(resolution, image_resolution, reduced_precision_res, compute_dtype):
+  """The compute dtype of the block at ``resolution``: reduced precision only for the top few resolutions."""
+  if compute_dtype == tf.float32 or reduced_precision_res <= 0:
+    return tf.float32
+  lowest = max(2**(int(math.log2(image_resolution)) + 1 - reduced_precision_res), 8)
+  return compute_dtype if resolution >= lowest else tf.float32
+
+
+def _normal(shape, key, stddev=1.0):
+  return tf.random.stateless_normal(shape, seed=key, stddev=stddev, alg="philox")
+
+
+def normalize_2nd_moment(x, epsilon=1e-8):
+  return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + epsilon)
+
+
+# ---- generator
+
+
+class MappingNetwork(tf.Module):
+  """z [b, z_dim] (and labels [b]) -> w [b, w_dim], float32."""
+
+  def __init__(self, m, num_classes, keys):
+    super().__init__(name="mapping")
+    self.num_classes = num_classes
+    z_dim, w_dim = int(m.z_dim), int(m.w_dim)
+    features = z_dim
+    if num_classes:
+      # An embedding table is a dense layer on one-hot labels; equalized so that it learns at the network's pace.
+      self.embed = layers.Dense(num_classes, w_dim, keys, equalized=True, gain=1.0)
+      features += w_dim
+    self.dense = []
+    for i in range(int(m.mapping_layers)):
+      self.dense.append(layers.Dense(features if i == 0 else w_dim, w_dim, keys, equalized=True, gain=1.0,
+                                     lr_mul=float(m.mapping_lr_mul), name=f"dense{i}"))
+
+  def __call__(self, z, labels=None):
+    x = normalize_2nd_moment(tf.cast(z, tf.float32))
+    if self.num_classes:
+      y = self.embed(tf.one_hot(labels, self.num_classes, dtype=tf.float32))
+      x = tf.concat([x, normalize_2nd_moment(y)], axis=-1)
+    for dense in self.dense:
+      x = ops.bias_act(dense(x), activation="lrelu")
+    return x
+
+
+class ModulatedLayer(tf.Module):
+  """A modulated convolution with its style affine, and for synthesis layers noise, bias and activation.
+
+  Args:
+    kind: "conv" (3x3, demodulated, noise, leaky ReLU) or "torgb" (1x1, not demodulated, linear).
+    up: 2x upsampling (synthesis layers of every block above 4x4, first convolution).
+  """
+
+  def __init__(self, m, w_dim, cin, cout, resolution, keys, dtype, kind="conv", up=False, name=None):
+    super().__init__(name=name)
+    self.kind, self.up, self.dtype = kind, up, dtype
+    self.impl = m.modconv
+    self.clamp = None if m.conv_clamp is None else float(m.conv_clamp)
+    k = 3 if kind == "conv" else 1
+    self.resolution = resolution
+    self.affine = layers.Dense(w_dim, cin, keys, equalized=True, gain=1.0, bias_init=1.0, name="affine")
+    self.weight = tf.Variable(_normal([k, k, cin, cout], keys()), name="weight")
+    self.weight_gain = 1.0 / math.sqrt(cin * k * k)
+    self.bias = tf.Variable(tf.zeros([cout]), name="bias")
+    if kind == "conv":
+      self.noise_strength = tf.Variable(0.0, name="noise_strength")
+
+  def __call__(self, x, w, noise=None):
+    styles = self.affine(w)
+    x = ops.modulated_conv(tf.cast(x, self.dtype), self.weight * self.weight_gain, styles,
+                           demodulate=self.kind == "conv", up=self.up, impl=self.impl)
+    if self.up:
+      x = ops.fir(x, 1, 1, gain=4.0)
+    if self.kind == "torgb":
+      return ops.bias_act(tf.cast(x, tf.float32), self.bias, clamp=self.clamp)
+    if noise is not None:
+      x = x + tf.cast(noise * self.noise_strength, self.dtype)
+    return ops.bias_act(x, self.bias, activation="lrelu", clamp=self.clamp)
+
+
+class SynthesisBlock(tf.Module):
+  """One resolution of the synthesis network: (const or 2x-up conv), conv, toRGB."""
+
+  def __init__(self, m, cin, cout, resolution, channels, keys, dtype):
+    super().__init__(name=f"block{resolution}")
+    self.resolution, self.dtype = resolution, dtype
+    w_dim = int(m.w_dim)
+    if resolution == 4:
+      self.const = tf.Variable(_normal([4, 4, cout], keys()), name="const")
+      self.convs = [ModulatedLayer(m, w_dim, cout, cout, 4, keys, dtype, name="conv1")]
+    else:
+      self.convs = [ModulatedLayer(m, w_dim, cin, cout, resolution, keys, dtype, up=True, name="conv0"),
+                    ModulatedLayer(m, w_dim, cout, cout, resolution, keys, dtype, name="conv1")]
+    self.torgb = ModulatedLayer(m, w_dim, cout, channels, resolution, keys, dtype, kind="torgb", name="torgb")
+
+  @property
+  def num_conv(self):
+    return len(self.convs)
+
+  def __call__(self, x, img, ws, noises):
+    """ws: [b, num_conv + 1, w_dim]; noises: one [b, R, R, 1] float32 per convolution (or None)."""
+    if self.resolution == 4:
+      x = tf.broadcast_to(tf.cast(self.const, self.dtype)[None], [tf.shape(ws)[0], 4, 4, self.const.shape[-1]])
+    for i, conv in enumerate(self.convs):
+      x = conv(x, ws[:, i], noises[i])
+    y = self.torgb(x, ws[:, self.num_conv])
+    img = y if img is None else ops.upsample2d(img) + y
+    return x, img
+
+
+class SynthesisNetwork(tf.Module):
+  """ws [b, num_ws, w_dim] -> images float32 [b, R, R, C] (not squashed: the reference leaves them linear)."""
+
+  def __init__(self, m, resolution, channels, keys, compute_dtype):
+    super().__init__(name="synthesis")
+    self.resolution = resolution
+    self.blocks = []
+    log2 = int(math.log2(resolution))
+    cin = 0
+    for res in [2**i for i in range(2, log2 + 1)]:
+      cout = channels_at(res, int(m.channel_base), int(m.channel_max))
+      dtype = block_dtype(res, resolution, int(m.reduced_precision_res), compute_dtype)
+      self.blocks.append(SynthesisBlock(m, cin, cout, res, channels, keys, dtype))
+      cin = cout
+    self.num_ws = sum(b.num_conv for b in self.blocks) + 1
+
+  def noise_shapes(self):
+    """[(H, W, 1)] for each convolution, in layer order."""
+    return [(b.resolution, b.resolution, 1) for b in self.blocks for _ in b.convs]
+
+  def __call__(self, ws, noises=None):
+    noises = list(noises) if noises is not None else [None] * len(self.noise_shapes())
+    x = img = None
+    w_index = layer = 0
+    for block in self.blocks:
+      x, img = block(x, img, ws[:, w_index:w_index + block.num_conv + 1], noises[layer:layer + block.num_conv])
+      w_index += block.num_conv
+      layer += block.num_conv
+    return img
+
+
+class Generator(tf.Module):
+  """Mapping and synthesis networks."""
+
+  def __init__(self, m, resolution, channels, num_classes, keys, compute_dtype):
+    super().__init__(name="generator")
+    self.mapping = MappingNetwork(m, num_classes, keys)
+    self.synthesis = SynthesisNetwork(m, resolution, channels, keys, compute_dtype)
+    self.num_ws = self.synthesis.num_ws
+
+
+# ---- discriminator
+
+
+class Conv(tf.Module):
+  """Equalized-learning-rate convolution with optional 2x low-pass downsampling, bias, activation, gain, clamp."""
+
+  def __init__(self, cin, cout, kernel, keys, dtype, *, bias=True, activation="lrelu", down=False, gain=None,
+               clamp=None, name=None):
+    super().__init__(name=name)
+    self.dtype, self.activation, self.down, self.gain, self.clamp = dtype, activation, down, gain, clamp
+    self.kernel = kernel
+    self.weight = tf.Variable(_normal([kernel, kernel, cin, cout], keys()), name="weight")
+    self.weight_gain = 1.0 / math.sqrt(cin * kernel * kernel)
+    self.bias = tf.Variable(tf.zeros([cout]), name="bias") if bias else None
+
+  def __call__(self, x):
+    x = tf.cast(x, self.dtype)
+    w = tf.cast(self.weight * self.weight_gain, self.dtype)
+    if self.down and self.kernel == 1:
+      x = tf.nn.conv2d(ops.downsample2d(x), w, strides=1, padding="VALID")
+    elif self.down:
+      # Blur to H+1 then a stride-2 'VALID' convolution: the low-pass filter comes before the subsampling.
+      pad = (len(ops.FILTER_TAPS) - 2 + self.kernel - 1) // 2
+      x = tf.nn.conv2d(ops.fir(x, pad, pad), w, strides=2, padding="VALID")
+    else:
+      x = tf.nn.conv2d(x, w, strides=1, padding="SAME")
+    return ops.bias_act(x, self.bias, activation=self.activation, gain=self.gain, clamp=self.clamp)
+
+
+class DiscriminatorBlock(tf.Module):
+  """Residual block: (fromRGB), conv, conv down, with a 1x1 down-sampled skip; branches scaled by sqrt(1/2)."""
+
+  def __init__(self, cin, ctmp, cout, resolution, channels, keys, dtype, clamp, first):
+    super().__init__(name=f"block{resolution}")
+    self.dtype = dtype
+    act_gain = 1.0  # the leaky ReLU gain sqrt(2) times the residual branch gain sqrt(1/2)
+    self.fromrgb = Conv(channels, ctmp, 1, keys, dtype, clamp=clamp, name="fromrgb") if first else None
+    self.conv0 = Conv(ctmp, ctmp, 3, keys, dtype, clamp=clamp, name="conv0")
+    self.conv1 = Conv(ctmp, cout, 3, keys, dtype, down=True, gain=act_gain, clamp=clamp, name="conv1")
+    self.skip = Conv(ctmp, cout, 1, keys, dtype, bias=False, activation="linear", down=True, gain=math.sqrt(0.5),
+                     name="skip")
+
+  def __call__(self, x, img):
+    if self.fromrgb is not None:
+      x = self.fromrgb(img)
+    x = tf.cast(x, self.dtype)
+    y = self.skip(x)
+    x = self.conv1(self.conv0(x))
+    return y + x
+
+
+class Discriminator(tf.Module):
+  """images [b, R, R, C] float32 (and labels [b]) -> logits float32 [b]."""
+
+  def __init__(self, m, resolution, channels, num_classes, keys, compute_dtype):
+    super().__init__(name="discriminator")
+    self.num_classes = num_classes
+    base, cmax = int(m.channel_base), int(m.channel_max)
+    clamp = None if m.conv_clamp is None else float(m.conv_clamp)
+    self.mbstd_group_size, self.mbstd_channels = int(m.mbstd_group_size), int(m.mbstd_channels)
+    self.blocks = []
+    log2 = int(math.log2(resolution))
+    for i, res in enumerate([2**j for j in range(log2, 2, -1)]):
+      dtype = block_dtype(res, resolution, int(m.reduced_precision_res), compute_dtype)
+      ctmp, cout = channels_at(res, base, cmax), channels_at(res // 2, base, cmax)
+      self.blocks.append(DiscriminatorBlock(ctmp, ctmp, cout, res, channels, keys, dtype, clamp, first=i == 0))
+    c4 = channels_at(4, base, cmax)
+    self.conv = Conv(c4 + self.mbstd_channels, c4, 3, keys, tf.float32, clamp=clamp, name="epilogue_conv")
+    self.dense = layers.Dense(c4 * 16, c4, keys, equalized=True, gain=1.0, name="epilogue_dense")
+    self.cmap_dim = c4 if num_classes else 1
+    self.out = layers.Dense(c4, self.cmap_dim, keys, equalized=True, gain=1.0, name="out")
+    if num_classes:
+      self.embed = layers.Dense(num_classes, self.cmap_dim, keys, equalized=True, gain=1.0, name="class_embed")
+
+  def __call__(self, img, labels=None, mbstd_group=None):
+    """``mbstd_group``: the minibatch-stddev group size when it must be smaller than configured (several batches
+    of a replica's examples concatenated; groups never cross them)."""
+    x = None
+    img = tf.cast(img, tf.float32)
+    for block in self.blocks:
+      x = block(x, img)
+    x = ops.minibatch_stddev(tf.cast(x, tf.float32), mbstd_group or self.mbstd_group_size, self.mbstd_channels)
+    x = self.conv(x)
+    x = ops.bias_act(self.dense(tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])), activation="lrelu")
+    x = self.out(x)
+    if not self.num_classes:
+      return x[:, 0]
+    cmap = normalize_2nd_moment(self.embed(tf.one_hot(labels, self.num_classes, dtype=tf.float32)))
+    return tf.reduce_sum(x * cmap, axis=-1) / math.sqrt(self.cmap_dim)
