@@ -1,6 +1,13 @@
 """Training throughput of a config: img/s, step time, compile time and the fraction of matmul peak achieved.
 
   python -m benchmarks.train_throughput --config=launch/configs/dcgan.py:cpu
+  python -m benchmarks.train_throughput --config=launch/configs/edm.py:cpu \
+      --settings=float32:false,float32:true,mixed_bfloat16:true
+  python -m benchmarks.train_throughput --config=launch/configs/stylegan2.py:cpu --config.model.modconv=grouped \
+      --label=sg2-grouped --settings=float32:true
+
+Any config works (dcgan, ddpm, edm, stylegan2, pggan; for pggan's final resolution add
+--config.model.start_resolution=32 so the networks don't grow).
 
 For every combination of --precisions and --xla it builds the config's trainer, times the first compiled call
 (compile time), then runs --repeats timed calls of --steps steps each and reports the median step time. The FLOP
@@ -25,6 +32,10 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 config_flags.DEFINE_config_file("config", "launch/configs/dcgan.py:cpu", "Config file and variant.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Precision policies to measure.")
 flags.DEFINE_list("xla", ["false", "true"], "XLA settings to measure.")
+flags.DEFINE_list("settings", None, "precision:xla pairs to measure instead of every --precisions x --xla "
+                  "combination, e.g. float32:false,float32:true,mixed_bfloat16:true.")
+flags.DEFINE_string("label", None, "Name in the model column (default the config's model name), e.g. to tell "
+                    "two implementations of one model apart.")
 flags.DEFINE_integer("steps", 10, "Steps per timed compiled call.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per setting; the median is reported.")
 flags.DEFINE_integer("peak_size", 2048, "Matrix size for the matmul peak.")
@@ -118,14 +129,21 @@ def main(argv):
             f"{'spread':>6} |")
   print(header)
   print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-  for precision in FLAGS.precisions:
-    for xla in [x.lower() in ("1", "true", "yes") for x in FLAGS.xla]:
-      r = measure(config, precision, xla)
-      pct = 100 * r["gflop_per_s"] / peaks[precision]
-      print(f"| {config.model.name:<8} | {precision:<14} | {str(xla):<5} | {config.batch_size:>5} | "
-            f"{r['compile_s']:>9.1f} | {r['step_ms']:>8.1f} | {r['img_per_s']:>7.0f} | "
-            f"{r['gflop_per_step']:>10.2f} | {r['gflop_per_s']:>8.1f} | {pct:>5.1f}% | "
-            f"{100 * r['spread']:>5.0f}% |", flush=True)
+  is_true = lambda text: text.lower() in ("1", "true", "yes")
+  if FLAGS.settings:
+    settings = [(pair.split(":")[0], is_true(pair.split(":")[1])) for pair in FLAGS.settings]
+  else:
+    settings = [(precision, is_true(xla)) for precision in FLAGS.precisions for xla in FLAGS.xla]
+  label = FLAGS.label or config.model.name
+  for precision, xla in settings:
+    if precision not in peaks:
+      raise ValueError(f"unknown precision {precision!r} in --settings/--precisions")
+    r = measure(config, precision, xla)
+    pct = 100 * r["gflop_per_s"] / peaks[precision]
+    print(f"| {label:<8} | {precision:<14} | {str(xla):<5} | {config.batch_size:>5} | "
+          f"{r['compile_s']:>9.1f} | {r['step_ms']:>8.1f} | {r['img_per_s']:>7.0f} | "
+          f"{r['gflop_per_step']:>10.2f} | {r['gflop_per_s']:>8.1f} | {pct:>5.1f}% | "
+          f"{100 * r['spread']:>5.0f}% |", flush=True)
   print("% peak: achieved GFLOP/s over the matmul peak of the same precision; spread: (max - min) / median "
         "step time over the timed calls")
 

@@ -85,7 +85,9 @@ class Monitor:
     self._last_time, self._last_step = now, step
     self.scalars(step, scalars)
     eta = self.progress.eta_seconds() if self.progress.rate() > 0 else None
-    shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(metrics.items()))
+    # Model state (fade-in alpha, ADA p...) goes on the line too: it says where a run is as much as the losses do.
+    state = {k: v for k, v in (extra or {}).items() if k.startswith("model/")}
+    shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted({**metrics, **state}.items()))
     rate = scalars.get("perf/img_per_sec")
     wait = scalars.get("perf/input_wait_fraction")
     self.print(f"step {step}/{self.progress.total} kimg {scalars['progress/kimg']:.1f} "

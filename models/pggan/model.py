@@ -22,7 +22,6 @@ labels, weight ``acgan_weight``) or a projection term (``projection``).
 """
 
 import math
-import os
 
 import keras
 import tensorflow as tf
@@ -301,7 +300,7 @@ class ProgressiveGAN(base.GenerativeModel):
       total = tf.reduce_sum(tf.cast(critic(images), tf.float32))
     grads = tf.cast(tape.gradient(total, images), tf.float32)
     norm = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + 1e-12)
-    return norm / (1.0 if os.environ.get("PG_LEVEL_GP") else float(2**(self.levels - level)))
+    return norm / float(2**(self.levels - level))
 
   @_plain_python
   def discriminator_loss(self, batch, rng):
