@@ -24,8 +24,8 @@ CONFIGS = {"ddpm": ddpm_config, "edm": edm_config}
 
 
 def tiny(name="edm", **model):
-  """16x16 digits, a two-level U-Net of widths 8-16 with attention at 8x8, batch 8, 3 sampling steps."""
-  c = CONFIGS[name].get_config("cpu")
+  """Unconditional 16x16 digits, a two-level U-Net of widths 8-16 with attention at 8x8, batch 8, 3 sampling steps."""
+  c = CONFIGS[name].get_config("cpu_uncond")
   c.resolution = 16
   c.batch_size = 8
   c.model.update(channels=8, channel_mults="1,2", num_blocks=1, attention_resolutions="8", sample_steps=3,
