@@ -30,6 +30,19 @@ def error_lines(stderr):
   return [line for line in stderr.splitlines() if line.startswith("genscale: error:")]
 
 
+def build_trainer(config, **runtime_overrides):
+  """A Trainer for ``config`` with ``runtime`` overrides: (trainer, its dataset from step 0, the data source)."""
+  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  import pipelines  # pylint: disable=g-import-not-at-top
+  config = loop.prepare_config(config)
+  config.runtime.update(runtime_overrides)
+  runtime = runtime_lib.create(config.runtime)
+  source = pipelines.open_source(config.data)
+  trainer = loop.Trainer(config, runtime, source.info)
+  return trainer, trainer.dataset(source, 0), source
+
+
 @pytest.fixture
 def tiny_dcgan():
   """A DCGAN config small enough for a step in well under a second."""

@@ -5,18 +5,12 @@ import pytest
 import tensorflow as tf
 
 from launch import loop
-from launch import runtime as runtime_lib
+from tests.conftest import build_trainer
 from tests.launch import toy_model
 import pipelines
 
 
-def _trainer(config, **runtime_overrides):
-  config = loop.prepare_config(config)
-  config.runtime.update(runtime_overrides)
-  runtime = runtime_lib.create(config.runtime)
-  source = pipelines.open_source(config.data)
-  trainer = loop.Trainer(config, runtime, source.info)
-  return trainer, trainer.dataset(source, 0), source
+_trainer = build_trainer
 
 
 def _first_global_batch(source, config):

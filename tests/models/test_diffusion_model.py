@@ -11,12 +11,12 @@ import tensorflow as tf
 
 from genscale.errors import UserError
 from launch import loop
-from launch import runtime as runtime_lib
 from launch.configs import ddpm as ddpm_config
 from launch.configs import edm as edm_config
 from models import base
 from models.diffusion import model as diffusion
 import pipelines
+from tests.conftest import build_trainer
 
 INFO = pipelines.DataInfo(spec="test", count=10, resolution=16, channels=1, num_classes=10)
 NULL = 10  # the null class of a 10-class model
@@ -224,12 +224,8 @@ def test_every_variant_resolves(name):
 
 
 def _trainer(config, **runtime_overrides):
-  config = loop.prepare_config(config)
-  config.runtime.update(runtime_overrides)
-  runtime = runtime_lib.create(config.runtime)
-  source = pipelines.open_source(config.data)
-  trainer = loop.Trainer(config, runtime, source.info)
-  return trainer, iter(trainer.dataset(source, 0))
+  trainer, dataset, _ = build_trainer(config, **runtime_overrides)
+  return trainer, iter(dataset)
 
 
 def _training_config(name, **model):
