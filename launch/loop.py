@@ -12,6 +12,12 @@ One training step, for the global batch:
   the step and image counters advance.
 Several steps run per compiled call (runtime.steps_per_loop). A non-finite loss ends the call at that step, and
 the run stops with a message; the last checkpoint stays as it was.
+
+Stages: a model may split a run into stages (``GenerativeModel.stage``), each with its own image resolution and
+global batch, e.g. one per resolution of a growing GAN. The Trainer keeps one traced step per stage (traced on
+first use), the input is rebuilt when the stage changes, and no compiled call crosses a stage's end. The data
+position is counted in examples: a stage of batch B starts at step ceil(nimg / B) of its own stream, so a resumed
+run reads exactly what an unbroken one reads (see ``Trainer.position``). Most models have one stage.
 """
 
 import contextlib
@@ -83,6 +89,7 @@ class Trainer:
     self.config = config
     self.runtime = runtime
     strategy = runtime.strategy
+    # global_batch and per_replica_batch are those of the current stage (set by enter_stage).
     self.global_batch = int(config.batch_size)
     replicas = runtime.num_replicas
     require(self.global_batch % replicas == 0,
@@ -98,9 +105,12 @@ class Trainer:
         import keras  # pylint: disable=g-import-not-at-top
         for name in list(self.model.optimizers):
           self.model.optimizers[name] = keras.optimizers.LossScaleOptimizer(self.model.optimizers[name])
-      self.phases = self.model.phases()
+      # A stage may train only some of the variables (a growing GAN's current layers): the phases are the
+      # model's for each stage, and every optimizer is built for what it updates in any stage.
+      self._stage_phases = self._phases_of_every_stage()
+      every_phase = [p for phases in self._stage_phases.values() for p in phases]
       for name, optimizer in self.model.optimizers.items():
-        owned = _unique(v for p in self.phases if p.optimizer == name for v in p.variables)
+        owned = _unique(v for p in every_phase if p.optimizer == name for v in p.variables)
         optimizer.build(owned)
       counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.step = tf.Variable(0, name="step", **counter)
@@ -111,18 +121,74 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step, nimg=self.nimg,
                                           position_offset=self.position_offset)
 
-    self._grads = {p.name: runtime.compile(self._gradient_fn(p)) for p in self.phases}
-    self._segments = _segments(self.phases)
     self._accumulators = {}
     self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     with strategy.scope():
       self._phase_runs = {p.name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"runs_{p.name}",
                                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                          for p in self.phases}
-    self._train = tf.function(self._train_steps)
-    self._diagnostic = {}
+                          for p in every_phase}
+    self.stage = None  # the current Stage
+    self._compiled = {}  # stage key -> (gradient functions by phase, training call, diagnostic calls)
+    self.enter_stage()
+    self._input_stage = self.stage.key  # the stage the caller's input was last built for
     self.last_gradients = {}
     self.mark_start()
+
+  # ---- stages (host)
+
+  def _stage_batch(self, stage):
+    return int(stage.global_batch or self.config.batch_size)
+
+  def _phases_of_every_stage(self):
+    """{stage key: the model's phases in that stage}, walking the stages from the first; refuses, before any
+    compute, a stage batch that the replicas can't share."""
+    replicas, nimg, phases = self.runtime.num_replicas, 0, {}
+    while True:
+      stage = self.model.stage(nimg)
+      batch = self._stage_batch(stage)
+      require(batch % replicas == 0, f"the batch size {batch} of training stage {stage.name or stage.key} is not "
+              f"divisible by {replicas} replicas; use a multiple of {replicas}")
+      self.model.enter_stage(stage)
+      phases[stage.key] = self.model.phases()
+      if stage.end_nimg is None or len(phases) > 10_000:
+        return phases
+      nimg = int(stage.end_nimg)
+
+  def enter_stage(self):
+    """Makes the stage of the next step (from the image count) current. Returns True when the stage changed.
+
+    Sets the global and per-replica batch, tells the model, and selects the stage's compiled functions, which
+    trace on their first call (so a stage never reuses another stage's trace).
+    """
+    stage = self.model.stage(int(self.nimg.numpy()))
+    if self.stage is not None and stage.key == self.stage.key:
+      return False
+    self.stage = stage
+    self.global_batch = self._stage_batch(stage)
+    self.per_replica_batch = self.global_batch // self.runtime.num_replicas
+    self.model.enter_stage(stage)
+    if stage.key not in self._stage_phases:  # a stage the walk from nimg 0 didn't meet
+      self._stage_phases[stage.key] = self.model.phases()
+    self.phases = self._stage_phases[stage.key]
+    self._segments = _segments(self.phases)
+    if stage.key not in self._compiled:
+      # functools.partial gives each stage's functions their own identity: TensorFlow counts traces per Python
+      # function, and would warn of "excessive retracing" for a few traces that are one per stage by design.
+      grads = {p.name: self.runtime.compile(functools.partial(self._gradient_fn(p))) for p in self.phases}
+      self._compiled[stage.key] = (grads, tf.function(functools.partial(self._train_steps)), {})
+    self._grads, self._train, self._diagnostic = self._compiled[stage.key]
+    return True
+
+  def steps_left_in_stage(self):
+    """Steps until the current stage ends (at least 1; a large number when it never ends)."""
+    self.enter_stage()
+    if self.stage.end_nimg is None:
+      return 2**62
+    return max(1, -(-(int(self.stage.end_nimg) - int(self.nimg.numpy())) // self.global_batch))
+
+  def trace_counts(self):
+    """How many times each stage's training call has been traced: {stage key: count} (for tests)."""
+    return {key: train.experimental_get_tracing_count() for key, (_, train, _) in self._compiled.items()}
 
   # ---- per replica
 
@@ -192,7 +258,8 @@ class Trainer:
   # ---- cross-replica, inside the compiled call
 
   def ema_beta(self):
-    """EMA decay per step from the half-life in kimg, with the ramp-up limiting it early in training."""
+    """EMA decay per step from the half-life in kimg (for the current stage's batch), with the ramp-up limiting it
+    early in training."""
     halflife = tf.constant(float(self.config.ema_halflife_kimg) * 1000.0, tf.float64)
     if self.config.get("ema_rampup") is not None:
       halflife = tf.minimum(halflife, tf.cast(self.nimg, tf.float64) * float(self.config.ema_rampup))
@@ -283,12 +350,19 @@ class Trainer:
   # ---- host
 
   def run(self, iterator, num_steps, diagnostics=False, histograms=False):
-    """Runs up to ``num_steps`` steps in compiled calls. Returns (mean metrics, finite).
+    """Runs up to ``num_steps`` steps in compiled calls, stopping early at the end of the current stage. Returns
+    (mean metrics, finite); ``step`` tells how far it went.
 
-    The metrics include ``perf/input_wait_sec``: seconds spent waiting for input batches. With ``diagnostics``,
-    the last step also measures gradient norms (``grad_norm/<phase>``); with ``histograms`` its summed gradients
-    are kept in ``last_gradients`` ({phase: [numpy array per variable]}).
+    ``iterator`` must come from ``dataset()`` built in the current stage. The metrics include
+    ``perf/input_wait_sec``: seconds spent waiting for input batches. With ``diagnostics``, the last step also
+    measures gradient norms (``grad_norm/<phase>``); with ``histograms`` its summed gradients are kept in
+    ``last_gradients`` ({phase: [numpy array per variable]}).
     """
+    self.enter_stage()
+    if self.stage.key != self._input_stage:
+      raise ValueError(f"the training stage changed to {self.stage.name or self.stage.key}: build its input with "
+                       "Trainer.dataset(source) before running it")
+    num_steps = min(int(num_steps), self.steps_left_in_stage())
     for total, count in self._accumulators.values():
       total.assign(0.0)
       count.assign(0.0)
@@ -343,21 +417,45 @@ class Trainer:
       runs.assign(0)
 
   def position(self):
-    """The data-stream position of the next step (host)."""
-    return int(self.step.numpy()) + int(self.position_offset.numpy())
+    """The data-stream position of the next step, in steps of the current stage's batch B (host).
+
+    ceil(nimg / B) + position_offset: the examples already shown, rounded up to whole batches. With one batch size
+    this is the step (plus the offset); when a stage changes the batch, the new stream starts at the first whole
+    batch past the examples shown (at most B - 1 examples skipped), and a run resumed inside that stage lands on
+    the same position. The offset only moves when a non-finite rollback skips the data of the diverged steps.
+    """
+    self.enter_stage()
+    return -(-int(self.nimg.numpy()) // self.global_batch) + int(self.position_offset.numpy())
+
+  def skip_data_to(self, position):
+    """Moves the data position of the next step to ``position`` (a rollback's way past the diverged data)."""
+    self.position_offset.assign_add(int(position) - self.position())
+
+  def _resolution(self):
+    if self.stage.resolution:
+      return pipelines.parse_resolution(self.stage.resolution)
+    return pipelines.parse_resolution(self.config.resolution)
 
   def dataset_spec(self):
-    """The TensorSpec of one replica's batch."""
-    c = self.config
-    height, width = pipelines.parse_resolution(c.resolution)
-    shape = [self.per_replica_batch, height, width, int(c.channels)]
+    """The TensorSpec of one replica's batch in the current stage."""
+    self.enter_stage()
+    self._input_stage = self.stage.key
+    height, width = self._resolution()
+    shape = [self.per_replica_batch, height, width, int(self.config.channels)]
     return {"image": tf.TensorSpec(shape, tf.float32), "label": tf.TensorSpec([self.per_replica_batch], tf.int32)}
 
-  def dataset(self, source, start_step):
-    """The distributed training input, starting at ``start_step``."""
+  def dataset(self, source, start_step=None, resolution=None):
+    """The distributed training input of the current stage, from ``start_step`` (default: ``position()``).
+
+    ``resolution`` overrides the stage's (the grid of real images shows the target size).
+    """
+    self.enter_stage()
+    if resolution is None:
+      self._input_stage = self.stage.key
     c = self.config
     return pipelines.distribute(self.runtime.strategy, source, global_batch=self.global_batch, seed=self.seed,
-                                start_step=start_step, resolution=pipelines.parse_resolution(c.resolution),
+                                start_step=self.position() if start_step is None else start_step,
+                                resolution=pipelines.parse_resolution(resolution or self._resolution()),
                                 channels=int(c.channels), flip=bool(c.flip))
 
 
@@ -566,7 +664,7 @@ def _train(config, workdir, runtime, source, signals):
   monitor.progress.start_done = monitor.progress.done = step
   monitor.print(f"genscale: {config.model.name} on {source.info.spec} ({source.info.count} images), "
                 f"{runtime.describe()}, {'resuming at step ' + str(step) if step else 'new run'} -> step {total}")
-  iterator = iter(trainer.dataset(source, trainer.position()))
+  iterator = None  # built in the loop, for the current stage
 
   # ---- samples: fixed latents (and labels), raw and EMA generator
   num_classes = getattr(trainer.model, "num_classes", 0)
@@ -587,7 +685,7 @@ def _train(config, workdir, runtime, source, signals):
                          path=f"samples/{kind}_{at:07d}.png" if kind == "ema" else None)
 
   if step == 0:
-    reals = next(iter(trainer.dataset(source, 0)))
+    reals = next(iter(trainer.dataset(source, 0, resolution=config.resolution)))
     first = np.concatenate([r["image"].numpy() for r in runtime.strategy.experimental_local_results(reals)])
     monitor.image_grid(0, "data/reals", image_lib.grid(image_lib.to_uint8(first[:grid_count])),
                        path="samples/reals.png")
@@ -605,7 +703,16 @@ def _train(config, workdir, runtime, source, signals):
   rollbacks = 0
   try:
     while step < total:
-      num = min(runtime.steps_per_loop, _next_event(step, config, total, profile) - step)
+      # ---- stages: a new stage (and the first call, and after a restore) gets its own input and trace.
+      if trainer.enter_stage() or iterator is None:
+        iterator = iter(trainer.dataset(source))
+        monitor.global_batch = trainer.global_batch
+        if trainer.stage.name:
+          height, width = trainer._resolution()  # pylint: disable=protected-access
+          monitor.print(f"stage {trainer.stage.name}: {height}x{width} images, batch {trainer.global_batch}, "
+                        f"from step {step} (kimg {int(trainer.nimg.numpy()) / 1000:.1f})")
+      num = min(runtime.steps_per_loop, _next_event(step, config, total, profile) - step,
+                trainer.steps_left_in_stage())
       log_due = _due(step + num, config.log_every, total)
       histograms_due = bool(histogram_every) and _due(step + num, histogram_every, total)
       if profile and step == profile[0] and runtime.is_chief:
@@ -635,7 +742,7 @@ def _train(config, workdir, runtime, source, signals):
         restored = store.restore_latest(warn=monitor.print)
         if restored is None:
           raise NonFiniteLoss(f"{where}; no checkpoint to roll back to")
-        trainer.position_offset.assign(bad_position + 1 - restored)
+        trainer.skip_data_to(bad_position + 1)
         rollbacks += 1
         step = restored
         monitor.print(f"{where}: rolled back to step {restored} (rollback {rollbacks} of {config.max_rollbacks}), "
@@ -644,7 +751,7 @@ def _train(config, workdir, runtime, source, signals):
         continue
 
       if first_call:
-        monitor.start_clock(step)
+        monitor.start_clock(step, int(trainer.nimg.numpy()))
         first_call = False
       monitor.advance(step)
       if histograms_due:
@@ -660,7 +767,7 @@ def _train(config, workdir, runtime, source, signals):
         extra.update(trainer.optimizer_stats())
         extra.update({f"model/{k}": float(v) for k, v in trainer.model.scalars().items()})
         monitor.log(step, window.means() or {k: v for k, v in metrics.items() if not k.startswith("perf/")},
-                    input_wait_sec=window.input_wait, extra=extra)
+                    input_wait_sec=window.input_wait, extra=extra, nimg=int(trainer.nimg.numpy()))
         window = MetricWindow()
       if _due(step, config.sample_every, total):
         write_samples(step)

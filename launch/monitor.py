@@ -37,6 +37,7 @@ class Monitor:
     self._interactive = enabled and self.progress._interactive  # pylint: disable=protected-access
     self._last_time = None
     self._last_step = start_step
+    self._last_nimg = None
     self._started = time.monotonic()
 
   def print(self, text):
@@ -49,10 +50,11 @@ class Monitor:
     if self._interactive:
       self.progress.update(force=True)
 
-  def start_clock(self, step):
+  def start_clock(self, step, nimg=None):
     """Starts rate measurement (after the first compiled call, so compile time doesn't count)."""
     self._last_time = time.monotonic()
     self._last_step = step
+    self._last_nimg = nimg
     self.progress = Progress(self.progress.total, "train", unit="step", stream=sys.stderr, start=step,
                              every_seconds=float("inf"))
 
@@ -67,22 +69,27 @@ class Monitor:
     if self._last_time is not None:
       self._last_time += seconds
 
-  def log(self, step, metrics, input_wait_sec=None, extra=None):
+  def log(self, step, metrics, input_wait_sec=None, extra=None, nimg=None):
     """Writes a log line and TensorBoard scalars for the metrics averaged since the last log.
 
-    ``input_wait_sec``: seconds the compiled calls since the last log spent waiting for input.
+    ``input_wait_sec``: seconds the compiled calls since the last log spent waiting for input. ``nimg``: images
+    shown so far, when steps don't all have ``global_batch`` images (a growing GAN's batch per resolution).
     """
     now = time.monotonic()
     scalars = dict(metrics)
     if self._last_time is not None and step > self._last_step:
       seconds = now - self._last_time
-      scalars["perf/img_per_sec"] = (step - self._last_step) * self.global_batch / seconds
+      if nimg is not None and self._last_nimg is not None:
+        images = nimg - self._last_nimg
+      else:
+        images = (step - self._last_step) * self.global_batch
+      scalars["perf/img_per_sec"] = images / seconds
       scalars["perf/sec_per_step"] = seconds / (step - self._last_step)
       if input_wait_sec is not None:
         scalars["perf/input_wait_fraction"] = input_wait_sec / seconds
-    scalars["progress/kimg"] = step * self.global_batch / 1000.0
+    scalars["progress/kimg"] = (step * self.global_batch if nimg is None else nimg) / 1000.0
     scalars.update(extra or {})
-    self._last_time, self._last_step = now, step
+    self._last_time, self._last_step, self._last_nimg = now, step, nimg
     self.scalars(step, scalars)
     eta = self.progress.eta_seconds() if self.progress.rate() > 0 else None
     # Model state (fade-in alpha, ADA p...) goes on the line too: it says where a run is as much as the losses do.

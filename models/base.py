@@ -39,6 +39,28 @@ class Phase:
   interval: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A part of a run whose steps share one input shape and one traced step (e.g. one resolution of a growing GAN).
+
+  The loop asks the model for the stage of every step (``GenerativeModel.stage``); when it changes, the loop
+  rebuilds its input at the stage's resolution and batch and runs a step traced for that stage, with the batch
+  and any Python values the model fixes in ``enter_stage``. No compiled call crosses a stage's end.
+
+  Attributes:
+    key: hashable; steps with equal keys share a trace.
+    name: shown in log lines and errors ("16x16 fade-in"); empty for the one stage of most models.
+    resolution: side of the square images the step takes, or None for ``config.resolution``.
+    global_batch: images per step, or None for ``config.batch_size``.
+    end_nimg: the image count from which steps belong to the next stage; None: the stage never ends.
+  """
+  key: object = None
+  name: str = ""
+  resolution: int = None
+  global_batch: int = None
+  end_nimg: int = None
+
+
 class BatchRng:
   """Per-example random draws for one replica that don't depend on how the global batch is split.
 
@@ -160,6 +182,17 @@ class GenerativeModel(tf.Module):
   def scalars(self):
     """Model-specific values to log (name -> tensor), e.g. fade-in alpha or ADA p."""
     return {}
+
+  def stage(self, nimg):
+    """The ``Stage`` of the step that starts after ``nimg`` images were shown (host; a pure function of nimg, so a
+    resumed run finds the same stages). Default: the whole run is one stage at the config's resolution and batch.
+    """
+    del nimg
+    return Stage()
+
+  def enter_stage(self, stage):
+    """Called on the host when ``stage`` becomes current, before its steps are traced or run. Default: nothing."""
+    del stage
 
   def update_state(self, step, nimg, metrics):
     """Updates model state from global statistics; called after every group of phases that ran.

@@ -3,11 +3,15 @@
 One training step is one critic update and one generator update on one minibatch, both at the current level of
 detail. The level of detail lives in the model (``lod``, a checkpointed variable) and follows the images shown:
 after every step ``update_state`` sets it to the closed-form schedule value for the next step's image count
-(``schedule.Growth``), so a run resumed mid-fade continues with exactly the same alpha. Shapes never change: real
-images arrive at the target resolution, and each phase's loss is one ``tf.switch_case`` over the levels whose
-branch runs at that level's resolution (reals average-pooled and cross-faded to it), so one traced step serves
-every phase. Gradient penalties are measured with respect to the target-resolution image, as in the reference
-implementation (where the networks' inputs and outputs are always at the target size).
+(``schedule.Growth``), so a run resumed mid-fade continues with exactly the same alpha.
+
+Stages (``base.Stage``): every stable level and every fade is a stage of the training loop, keyed (level,
+fading). The loop feeds real images at the stage's resolution with the stage's batch (``batch_by_resolution``)
+and traces the step once per stage, so inside the step the level is a Python int: the graph holds only that
+level's layers, and the loop differentiates the losses directly. During a fade, alpha comes from the ``lod``
+variable (not from the trace), and the reals are cross-faded with their 2x average-pooled and upsampled version.
+Gradient penalties are measured with respect to the target-resolution image, as in the reference implementation
+(where the networks' inputs and outputs are always at the target size): this level's norm / 2^(levels - level).
 
 Losses (``model.loss``):
   wgan-gp        the paper's: WGAN-GP (λ = 10, target norm 1) with the drift term ε_drift · D(x)² (ε = 0.001).
@@ -15,7 +19,8 @@ Losses (``model.loss``):
 Optimiser: Adam(lr 0.001, β1 = 0, β2 = 0.99, ε = 1e-8) for both networks, with an optional learning rate per
 resolution (``lr_by_resolution``, the resolution the networks run at), restarted when a fade starts and ends as
 in the reference code (``reset_adam``). Generator EMA: β = 0.999 per step
-(``ema_beta``; it sets the loop's ``ema_halflife_kimg`` for the configured batch).
+(``ema_beta``, the decay per step at ``batch_size``; it sets the loop's ``ema_halflife_kimg``, so stages with
+another batch keep the same half-life in images).
 Class conditioning (``conditional``): the label is appended to z as a one-hot vector, and the discriminator either
 has an auxiliary classifier output (``acgan``, as in the paper's CIFAR-10 runs; cross-entropy on real and fake
 labels, weight ``acgan_weight``) or a projection term (``projection``).
@@ -36,6 +41,7 @@ from models.pggan import schedule
 
 LOSSES = ("wgan-gp", "nonsaturating")
 CONDITIONING = ("acgan", "projection")
+GP_RESOLUTIONS = ("target", "level")
 
 
 def _power_of_two(value):
@@ -61,10 +67,32 @@ def parse_lr_by_resolution(text, target):
   return table
 
 
+def parse_batch_by_resolution(text, target, group):
+  """"4:64,8:32" -> {4: 64, 8: 32}. Raises UserError."""
+  table = {}
+  for item in str(text or "").replace(" ", "").split(","):
+    if not item:
+      continue
+    try:
+      res, batch = (int(part) for part in item.split(":"))
+    except ValueError as e:
+      raise UserError(f"--config.model.batch_by_resolution={text!r}: write RES:BATCH pairs, e.g. 4:64,8:32,16:16") \
+          from e
+    require(_power_of_two(res) and 4 <= res <= target,
+            f"--config.model.batch_by_resolution={text!r}: {res} must be a power of two from 4 to {target}")
+    require(batch >= 1 and batch % group == 0,
+            f"--config.model.batch_by_resolution={text!r}: the batch {batch} at {res}x{res} must be a positive "
+            f"multiple of --config.model.mbstd_group={group}")
+    table[res] = batch
+  return table
+
+
 def resolve(config):
   """Checks the model section and sets the EMA half-life for β = ema_beta. Raises UserError."""
   m = config.model
   require(m.loss in LOSSES, f"unknown --config.model.loss={m.loss!r}: choose one of {', '.join(LOSSES)}")
+  require(m.get("gp_resolution", "target") in GP_RESOLUTIONS,
+          f"unknown --config.model.gp_resolution={m.get('gp_resolution')!r}: choose one of {', '.join(GP_RESOLUTIONS)}")
   require(m.conditioning in CONDITIONING,
           f"unknown --config.model.conditioning={m.conditioning!r}: choose one of {', '.join(CONDITIONING)}")
   height, width = parse_resolution(config.resolution)
@@ -84,6 +112,7 @@ def resolve(config):
   require(int(m.n_critic) >= 1, f"--config.model.n_critic={m.n_critic} must be at least 1")
   require(float(m.lr) > 0, f"--config.model.lr={m.lr} must be positive")
   parse_lr_by_resolution(m.lr_by_resolution, height)
+  parse_batch_by_resolution(m.get("batch_by_resolution"), height, group)
   if m.get("ema_beta") is not None:
     beta = float(m.ema_beta)
     require(0.0 < beta < 1.0, f"--config.model.ema_beta={beta} must be in (0, 1), or None to use ema_halflife_kimg")
@@ -114,18 +143,12 @@ class LevelLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 _plain_python = tf.autograph.experimental.do_not_convert
 
 
-@tf.custom_gradient
-def _zero_valued(x):
-  """0 in value (even when x is not finite), with the gradient of x: carries gradients without touching a loss."""
-  return tf.zeros_like(x), lambda upstream: upstream
-
-
 class RestartableAdam(keras.optimizers.Adam):
   """Adam whose moments and bias correction can restart, as the reference code restarts them for new layers.
 
   The reference implementation resets its Adam state whenever the level of detail crosses an integer (when a
   fade starts and when it ends). Without that, the layers of a new resolution, whose second-moment estimates are
-  still zero after a long run of zero gradients, would start with steps of up to lr / sqrt(1 - β2) (10 lr for
+  still zero (they were in no stage's phases until now), would start with steps of up to lr / sqrt(1 - β2) (10 lr for
   β2 = 0.99) because the bias correction has long decayed. ``restart()`` zeroes the moments and makes the next
   update count as Adam's first; the restart point is a checkpointed variable (``restarted_at``).
 
@@ -185,8 +208,11 @@ class ProgressiveGAN(base.GenerativeModel):
     self.resolution = resolution
     self.growth = schedule.Growth(resolution, int(m.start_resolution), m.stable_kimg, m.fade_kimg)
     self.levels = self.growth.levels
-    self.global_batch = int(config.batch_size)
+    batches = parse_batch_by_resolution(m.get("batch_by_resolution"), resolution, int(m.mbstd_group))
+    self.batch_by_level = [batches.get(4 * 2**level, int(config.batch_size)) for level in range(self.levels + 1)]
+    self.enter_stage(self.stage(0))  # the loop enters the stage of each step before tracing it
     self.gp_weight = float(m.gp_weight)
+    self.gp_resolution = m.get("gp_resolution", "target")
     self.drift = float(m.drift)
     self.r1_gamma = float(m.r1_gamma)
     self.acgan_weight = float(m.acgan_weight)
@@ -213,7 +239,25 @@ class ProgressiveGAN(base.GenerativeModel):
                               beta_1=float(m.beta1), beta_2=float(m.beta2), epsilon=float(m.adam_epsilon))
         for name, restarted_at in self.adam_restarted_at.items()}
 
-  # ---- state that follows the images shown
+  # ---- stages (host) and the state that follows the images shown
+
+  def stage(self, nimg):
+    """Each stable level and each fade is a stage: (level, fading), at the level's resolution and batch."""
+    level, fading = self.growth.level_and_fading(nimg)
+    resolution = 4 * 2**level
+    return base.Stage(key=(level, fading), name=f"{resolution}x{resolution}" + (" fade-in" if fading else ""),
+                      resolution=resolution, global_batch=self.batch_by_level[level],
+                      end_nimg=self.growth.stage_end(nimg))
+
+  def enter_stage(self, stage):
+    self.level, self.fading = stage.key
+
+  def _alpha(self):
+    """The fade weight of the current stage's new block: from ``lod`` during a fade (so a resume continues it),
+    the constant 1.0 at a stable level (the networks then skip the old path)."""
+    if not self.fading:
+      return 1.0
+    return tf.clip_by_value(float(self.levels - self.level + 1) - tf.convert_to_tensor(self.lod), 0.0, 1.0)
 
   @_plain_python
   def update_state(self, step, nimg, metrics):
@@ -223,7 +267,7 @@ class ProgressiveGAN(base.GenerativeModel):
     """
     del step, metrics
     old = tf.convert_to_tensor(self.lod)
-    new = self.growth.lod(tf.convert_to_tensor(nimg) + self.global_batch)
+    new = self.growth.lod(tf.convert_to_tensor(nimg) + self.batch_by_level[self.level])
     self.lod.assign(new)
     if not self.reset_adam:
       return
@@ -252,114 +296,85 @@ class ProgressiveGAN(base.GenerativeModel):
     out = self.discriminator.scores_at(images, labels, level, alpha)
     return out if self.conditioning == "acgan" else (out, None)
 
-  def _per_level(self, optimizer, variables, branch):
-    """Runs ``branch(level, alpha) -> (per-example loss, metrics)`` at the current level, gradients included.
-
-    Why the gradients are taken inside: XLA compiles the gradient of a ``tf.switch_case`` (and worse, of one
-    inside the gradient penalty's double backpropagation) many times slower than the same layers without the
-    switch, so each branch differentiates its own loss (with respect to ``variables``, zeros for other levels'
-    layers) and the switch itself is never differentiated. The loss handed back to the loop has the branch's
-    values, plus a term that is 0 in value and whose gradient with respect to each variable is the branch's
-    gradient, scaled as the loop's reduction scales the loss (the loop weighs every example alike: sum over the
-    global batch divided by its size, times the loss scale). The gradient reaching the optimizer is therefore
-    exactly that of the loss itself. With a loss-scaling optimizer the branch scales its loss by the current scale
-    too, so float16 gradients keep their range.
-    """
-    level, alpha = schedule.level_and_alpha(tf.convert_to_tensor(self.lod), self.levels)
-    optimizer = self.optimizers[optimizer]
-    scale = (tf.cast(optimizer.dynamic_scale, tf.float32)
-             if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None)
-
-    def at_level(k):
-      with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(variables)
-        loss, metrics = branch(k, alpha)
-        total = tf.reduce_mean(tf.cast(loss, tf.float32))
-        if scale is not None:
-          total *= scale
-      grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      grads = [tf.cast(g, tf.float32) / scale for g in grads] if scale is not None else grads
-      return loss, metrics, grads
-
-    loss, metrics, grads = networks.switch(level, self.levels, at_level)
-    # d(surrogate)/dv = g for the mean over this replica's examples; each example carries it, so the loop's
-    # per-example weight w gives sum_i w * g = w * sum_i d(loss_i)/dv, the gradient of the weighted loss.
-    surrogate = tf.add_n([tf.reduce_sum(tf.stop_gradient(g) * tf.cast(v, tf.float32))
-                          for g, v in zip(grads, variables)])
-    return tf.stop_gradient(loss) + _zero_valued(surrogate), metrics
-
   def _input_gradient_norm(self, critic, images, level):
-    """||∇ critic|| per example with respect to the *target-resolution* image, as in the reference code.
+    """||∇ critic|| per example for the gradient penalties, measured as ``gp_resolution`` says.
 
-    The networks see the target-size image average-pooled by f = 2^(levels - level), and real, fake and mixed
-    images are all nearest-neighbour upsampled from this level, so the gradient at the target size is the
-    gradient at this level spread over f x f pixels and divided by f²: its norm is this level's norm / f.
+    "target" (the reference code): with respect to the target-resolution image. The networks there see the
+    target-size image average-pooled by f = 2^(levels - level), and real, fake and mixed images are all
+    nearest-neighbour upsampled from this level, so the gradient at the target size is the gradient at this
+    level spread over f x f pixels and divided by f²: its norm is this level's norm / f. A penalty towards 1 then
+    asks for a critic f times steeper at this level (8 at 4x4 for a 32x32 target).
+    "level": with respect to the image at this level's resolution, as the critic sees it (norm towards 1 at every
+    level).
     """
     with tf.GradientTape() as tape:
       tape.watch(images)
       total = tf.reduce_sum(tf.cast(critic(images), tf.float32))
     grads = tf.cast(tape.gradient(total, images), tf.float32)
     norm = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + 1e-12)
-    return norm / float(2**(self.levels - level))
+    return norm / float(2**(self.levels - level)) if self.gp_resolution == "target" else norm
+
+  def _reals(self, batch):
+    """The batch's real images (at the stage's resolution), cross-faded during a fade."""
+    images = tf.cast(batch["image"], tf.float32)
+    size = 4 * 2**self.level
+    if tuple(images.shape[1:3]) != (size, size):
+      raise ValueError(f"the {size}x{size} stage got {images.shape[1]}x{images.shape[2]} images: build the input "
+                       "for the current stage (Trainer.dataset)")
+    return networks.fade_reals(images, self._alpha()) if self.fading else images
 
   @_plain_python
   def discriminator_loss(self, batch, rng):
+    level, alpha = self.level, self._alpha()
     labels = batch.get("label") if self.num_classes else None
     fake_labels = self._fake_labels(rng, "d/label")
     latent = self.generator.latent(rng.normal([self.latent_dim], "d/z"), fake_labels)
     mix = tf.reshape(rng.uniform([], "d/gp_eps"), [-1, 1, 1, 1])
-    images = tf.cast(batch["image"], tf.float32)
-
-    def at_level(level, alpha):
-      real = networks.reals_at_level(images, level, alpha, self.levels)
-      fake = self.generator.image_at(latent, level, alpha)
-      real_score, real_logits = self._critic_at(real, labels, level, alpha)
-      fake_score, fake_logits = self._critic_at(fake, fake_labels, level, alpha)
-      kind = "wgan-gp" if self.loss_kind == "wgan-gp" else "nonsaturating"
-      loss = losses.discriminator_loss(kind, real_score, fake_score)
-      metrics = {"D/loss_game": loss, "D/real": real_score, "D/fake": fake_score}
-      score_only = lambda x: self._critic_at(x, labels, level, alpha)[0]
-      if self.loss_kind == "wgan-gp":
-        mixed = mix * real + (1.0 - mix) * fake
-        penalty = tf.square(self._input_gradient_norm(score_only, mixed, level) - 1.0)
-        drift = tf.square(real_score)
-        metrics.update({"D/gradient_penalty": penalty, "D/drift": drift})
-        loss += self.gp_weight * penalty + self.drift * drift
-      if self.r1_gamma > 0:
-        r1 = tf.square(self._input_gradient_norm(score_only, real, level))
-        metrics["D/r1"] = r1
-        loss += 0.5 * self.r1_gamma * r1
-      if self.conditioning == "acgan":
-        ac_real, ac_fake = _cross_entropy(real_logits, labels), _cross_entropy(fake_logits, fake_labels)
-        metrics.update({"D/ac_real": ac_real, "D/ac_fake": ac_fake})
-        loss += self.acgan_weight * (ac_real + ac_fake)
-      return loss, metrics
-
-    return self._per_level("d", self.discriminator.trainable_variables, at_level)
+    real = self._reals(batch)
+    fake = self.generator.image_at(latent, level, alpha)
+    real_score, real_logits = self._critic_at(real, labels, level, alpha)
+    fake_score, fake_logits = self._critic_at(fake, fake_labels, level, alpha)
+    kind = "wgan-gp" if self.loss_kind == "wgan-gp" else "nonsaturating"
+    loss = losses.discriminator_loss(kind, real_score, fake_score)
+    metrics = {"D/loss_game": loss, "D/real": real_score, "D/fake": fake_score}
+    score_only = lambda x: self._critic_at(x, labels, level, alpha)[0]
+    if self.loss_kind == "wgan-gp":
+      mixed = mix * real + (1.0 - mix) * fake
+      penalty = tf.square(self._input_gradient_norm(score_only, mixed, level) - 1.0)
+      drift = tf.square(real_score)
+      metrics.update({"D/gradient_penalty": penalty, "D/drift": drift})
+      loss += self.gp_weight * penalty + self.drift * drift
+    if self.r1_gamma > 0:
+      r1 = tf.square(self._input_gradient_norm(score_only, real, level))
+      metrics["D/r1"] = r1
+      loss += 0.5 * self.r1_gamma * r1
+    if self.conditioning == "acgan":
+      ac_real, ac_fake = _cross_entropy(real_logits, labels), _cross_entropy(fake_logits, fake_labels)
+      metrics.update({"D/ac_real": ac_real, "D/ac_fake": ac_fake})
+      loss += self.acgan_weight * (ac_real + ac_fake)
+    return loss, metrics
 
   @_plain_python
   def generator_loss(self, batch, rng):
     del batch
     fake_labels = self._fake_labels(rng, "g/label")
     latent = self.generator.latent(rng.normal([self.latent_dim], "g/z"), fake_labels)
-
-    def at_level(level, alpha):
-      fake = self.generator.image_at(latent, level, alpha)
-      score, logits = self._critic_at(fake, fake_labels, level, alpha)
-      loss = losses.generator_loss("wgan-gp" if self.loss_kind == "wgan-gp" else "nonsaturating", score)
-      metrics = {}
-      if self.conditioning == "acgan":
-        ac = _cross_entropy(logits, fake_labels)
-        metrics["G/ac_fake"] = ac
-        loss += self.acgan_weight * ac
-      return loss, metrics
-
-    return self._per_level("g", self.generator.trainable_variables, at_level)
+    fake = self.generator.image_at(latent, self.level, self._alpha())
+    score, logits = self._critic_at(fake, fake_labels, self.level, self._alpha())
+    loss = losses.generator_loss("wgan-gp" if self.loss_kind == "wgan-gp" else "nonsaturating", score)
+    metrics = {}
+    if self.conditioning == "acgan":
+      ac = _cross_entropy(logits, fake_labels)
+      metrics["G/ac_fake"] = ac
+      loss += self.acgan_weight * ac
+    return loss, metrics
 
   def phases(self):
+    """The current stage's phases: each updates only the layers its level (and fade) uses."""
     return [
-        base.Phase("D", "d", self.discriminator.trainable_variables, self.discriminator_loss),
-        base.Phase("G", "g", self.generator.trainable_variables, self.generator_loss, interval=self.n_critic),
+        base.Phase("D", "d", self.discriminator.variables_at(self.level, self.fading), self.discriminator_loss),
+        base.Phase("G", "g", self.generator.variables_at(self.level, self.fading), self.generator_loss,
+                   interval=self.n_critic),
     ]
 
   # ---- sampling

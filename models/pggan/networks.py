@@ -2,14 +2,12 @@
 
 Both networks hold the layers of every resolution from 4x4 to the target from the start. ``Generator.image_at``
 and ``Discriminator.scores_at`` run them at one level (resolution 4 * 2^level, a Python int) with the newest
-block faded in by ``alpha`` (a tensor). ``switch`` turns a function of the level into one that takes the level as
-a tensor: a ``tf.switch_case`` over all levels (an XLA conditional), so one traced, compiled step serves the whole
-run and only the current resolution's layers run. The training step switches once around each whole loss and its
-gradient (see ``model``): differentiating through a switch, let alone inside the gradient penalty's double
-backpropagation, makes XLA compile 5-7x slower. Layers of other levels get zero gradients, which leave them
-unchanged under Adam with β1 = 0. ``__call__`` on
-either network takes the level of detail ``lod`` (see ``schedule``) and works at the target resolution
-(nearest-neighbour upsampled output, average-pooled input), for sampling and inspection.
+block faded in by ``alpha`` (a tensor, or the Python float 1.0 for a stable level, which skips the old path). The
+training step is traced once per stage (see ``model``), so inside it the level is a Python int and only that
+level's layers are in the graph; the layers of other levels get no gradient and are not updated. ``__call__`` on
+either network takes the level of detail ``lod`` (see ``schedule``) as a tensor and works at the target
+resolution (nearest-neighbour upsampled output, average-pooled input), through ``switch``, a ``tf.switch_case``
+over the levels: one trace serves sampling at every level (it is never differentiated in training).
 
 Every weighted layer uses the equalized learning rate (weights drawn from N(0, 1), scaled at run time by the He
 constant gain / sqrt(fan_in)); activations are LeakyReLU(0.2); the generator normalises every pixel's feature
@@ -96,8 +94,8 @@ class Generator(tf.Module):
 
     ``latent`` comes from ``latent()``.
     """
-    if level == 0:
-      return tf.cast(self.to_rgb[0](self._features(latent, 0)), tf.float32)
+    if level == 0 or _stable(alpha):
+      return tf.cast(self.to_rgb[level](self._features(latent, level)), tf.float32)
     previous = self._features(latent, level - 1)
     conv0, conv1 = self.blocks[level - 1]
     x = ops.pixel_norm(_leaky(conv0(ops.upsample(previous, 2))))
@@ -105,6 +103,12 @@ class Generator(tf.Module):
     new = self.to_rgb[level](x)
     old = ops.upsample(self.to_rgb[level - 1](previous), 2)
     return tf.cast(ops.lerp(old, new, alpha), tf.float32)
+
+  def variables_at(self, level, fading):
+    """The trainable variables ``image_at(.., level, ..)`` uses: stable, or fading in (the previous toRGB too)."""
+    used = [self.dense, self.base_conv, *[conv for block in self.blocks[:level] for conv in block],
+            self.to_rgb[level]] + ([self.to_rgb[level - 1]] if fading and level > 0 else [])
+    return _in_module_order(self, used)
 
   def latent(self, z, labels=None):
     """The first layer's input: z (and the one-hot label) normalised onto the unit hypersphere."""
@@ -162,6 +166,14 @@ class Discriminator(tf.Module):
       self.embed = layers.Embedding(num_classes, hidden, keys, init_std=1.0, dtype=dtype)
       self.embed_scale = 1.0 / math.sqrt(hidden)
 
+  def variables_at(self, level, fading):
+    """The trainable variables ``scores_at(.., level, ..)`` uses: stable, or fading in (the previous fromRGB too)."""
+    used = [self.from_rgb[level], *[conv for block in self.blocks[1:level + 1] for conv in block], self.final_conv,
+            self.dense, self.out] + ([self.from_rgb[level - 1]] if fading and level > 0 else [])
+    if self.conditioning == "projection":
+      used.append(self.embed)
+    return _in_module_order(self, used)
+
   def _block(self, x, level):
     conv0, conv1 = self.blocks[level]
     x = _leaky(conv0(x))
@@ -186,8 +198,9 @@ class Discriminator(tf.Module):
     x = _leaky(self.from_rgb[level](images))
     if level > 0:
       x = self._block(x, level)
-      old = _leaky(self.from_rgb[level - 1](ops.downsample(images, 2)))
-      x = ops.lerp(old, x, alpha)
+      if not _stable(alpha):
+        old = _leaky(self.from_rgb[level - 1](ops.downsample(images, 2)))
+        x = ops.lerp(old, x, alpha)
       for lower in range(level - 1, 0, -1):
         x = self._block(x, lower)
     return self._head(x, labels)
@@ -202,14 +215,21 @@ class Discriminator(tf.Module):
     return switch(level, self.levels, branch)
 
 
-def reals_at_level(images, level, alpha, levels):
-  """Real images as the discriminator sees them at ``level`` (static int), at that level's resolution (A.1).
+def _in_module_order(module, layers_used):
+  """The trainable variables of ``layers_used``, in the order of ``module.trainable_variables``."""
+  used = {id(v) for layer in layers_used for v in layer.trainable_variables}
+  return [v for v in module.trainable_variables if id(v) in used]
 
-  ``images`` at the target resolution are average-pooled to resolution 4 * 2^level (the paper's 2x2 box-filter
-  pyramid), and during a fade blended with their 2x-coarser version (nearest-neighbour upsampled) by the same alpha
-  the networks use, so real and fake images change resolution together.
-  """
-  x = ops.downsample(images, 2**(levels - level))
-  if level > 0:
-    x = ops.lerp(ops.upsample(ops.downsample(x, 2), 2), x, alpha)
-  return x
+
+def _stable(alpha):
+  """True for the Python constant 1.0: a stable level, whose fade-in path needn't be built."""
+  return isinstance(alpha, (int, float)) and alpha == 1
+
+
+def fade_reals(images, alpha):
+  """Real images during a fade, as the discriminator sees them (A.1): ``images`` at the new level's resolution
+  blended with their 2x average-pooled, nearest-neighbour upsampled version by the alpha the networks use, so real
+  and fake images change resolution together."""
+  if _stable(alpha):
+    return images
+  return ops.lerp(ops.upsample(ops.downsample(images, 2), 2), images, alpha)

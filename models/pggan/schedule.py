@@ -48,6 +48,44 @@ class Growth:
       lod -= tf.maximum(into_phase - self.stable_kimg, 0.0) / self.fade_kimg
     return tf.cast(tf.maximum(lod, 0.0), tf.float32)
 
+  def host_lod(self, nimg):
+    """``lod(nimg)`` on the host, before the cast to float32: the same float64 operations in the same order."""
+    kimg = float(nimg) / 1000.0
+    period = self.stable_kimg + self.fade_kimg
+    phase = math.floor(kimg / period)
+    lod = self.start_lod - phase
+    if self.fade_kimg > 0:
+      lod -= max(kimg - phase * period - self.stable_kimg, 0.0) / self.fade_kimg
+    return max(lod, 0.0)
+
+  def level_and_fading(self, nimg):
+    """(level, fading) of the step after ``nimg`` images (host): the level the networks run at (resolution
+    4 * 2^level) and whether its block is still fading in (lod fractional)."""
+    lod = self.host_lod(nimg)
+    whole = math.floor(lod)
+    return self.levels - int(whole), lod != whole
+
+  def stage_end(self, nimg):
+    """The first image count after ``nimg`` whose (level, fading) differs from that of ``nimg``; None at the
+    target resolution once it is stable (host)."""
+    key = self.level_and_fading(nimg)
+    if key == (self.levels, False):
+      return None
+    kimg = float(nimg) / 1000.0
+    period = self.stable_kimg + self.fade_kimg
+    phase = math.floor(kimg / period)
+    if key[1] or self.fade_kimg == 0:  # a fade (or, without fades, a stable phase) ends with its period
+      end = math.ceil((phase + 1) * period * 1000.0)
+    else:  # a stable phase ends one image after stable_kimg (lod is still whole at exactly stable_kimg)
+      end = math.floor((phase * period + self.stable_kimg) * 1000.0) + 1
+    # Guard against rounding in the kimg arithmetic: the end is where the closed form says the stage changes.
+    end = max(end, int(nimg) + 1)
+    while end - 1 > nimg and self.level_and_fading(end - 1) != key:
+      end -= 1
+    while self.level_and_fading(end) == key:
+      end += 1
+    return end
+
   def fade_kimg_range(self, resolution):
     """(start, end) in kimg of the fade-in of a resolution above the start one (host; for configs and logs)."""
     doublings = int(math.log2(resolution)) - (self.levels + 2 - int(self.start_lod))

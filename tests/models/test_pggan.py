@@ -181,54 +181,72 @@ def test_fade_in_goes_from_the_upsampled_previous_level_to_the_new_block(tiny):
     images = tf.random.stateless_normal([4, 4 * 2**level, 4 * 2**level, 1], seed=[9, level])
     np.testing.assert_allclose(d.scores_at(images, None, level, 0.0).numpy(),
                                d.scores_at(ops.downsample(images, 2), None, level - 1, 1.0).numpy(), atol=1e-5)
-    # Reals fade the same way.
-    full = tf.random.stateless_normal([4, 16, 16, 1], seed=[10, level])
-    reals0 = networks.reals_at_level(full, level, 0.0, 2)
-    reals1 = networks.reals_at_level(full, level, 1.0, 2)
-    coarser = networks.reals_at_level(full, level - 1, 1.0, 2)
-    np.testing.assert_allclose(reals0.numpy(), ops.upsample(coarser, 2).numpy(), atol=1e-6)
-    np.testing.assert_allclose(reals1.numpy(), ops.downsample(full, 2**(2 - level)).numpy(), atol=1e-6)
+    # Reals (delivered at the new level's resolution) fade the same way, from their 2x box-filtered version.
+    reals = tf.random.stateless_normal([4, 4 * 2**level, 4 * 2**level, 1], seed=[10, level])
+    coarser = ops.upsample(ops.downsample(reals, 2), 2)
+    np.testing.assert_allclose(networks.fade_reals(reals, tf.constant(0.0)).numpy(), coarser.numpy(), atol=1e-6)
+    np.testing.assert_allclose(networks.fade_reals(reals, tf.constant(1.0)).numpy(), reals.numpy(), atol=1e-6)
+    np.testing.assert_allclose(networks.fade_reals(reals, tf.constant(0.25)).numpy(),
+                               (0.75 * coarser + 0.25 * reals).numpy(), atol=1e-6)
   # Through the lod input: 16x16 a quarter faded in is the same blend of the two levels, upsampled to 16x16.
   z = tf.random.stateless_normal([4, 16], seed=[7, 8])
   blend = 0.25 * g.image_at(latent, 2, 1.0) + 0.75 * ops.upsample(g.image_at(latent, 1, 1.0), 2)
   np.testing.assert_allclose(g(z, None, 0.75).numpy(), blend.numpy(), atol=1e-5)
 
 
-def test_gradient_penalty_is_measured_at_the_target_resolution(tiny):
-  """The level-resolution gradient norm / f equals the norm taken through the target-size image (reference)."""
+@pytest.mark.parametrize("convention", ["target", "level"])
+def test_gradient_penalty_is_measured_at_the_configured_resolution(convention):
+  """"target": the level-resolution gradient norm / f equals the norm taken through the target-size image (the
+  reference code); "level": the norm with respect to the image at the level's resolution."""
+  config = tiny_config()
+  config.model.gp_resolution = convention
+  model = _model(config)
   level, levels = 1, 2
   images = tf.random.stateless_normal([4, 8, 8, 1], seed=[11, 12])
-  critic = lambda x: tiny.discriminator.scores_at(x, None, level, 0.6)
-  at_level = tiny._input_gradient_norm(critic, images, level)  # pylint: disable=protected-access
-  target = ops.upsample(images, 2**(levels - level))
+  critic = lambda x: model.discriminator.scores_at(x, None, level, 0.6)
+  got = model._input_gradient_norm(critic, images, level)  # pylint: disable=protected-access
+  seen = ops.upsample(images, 2**(levels - level)) if convention == "target" else images
   with tf.GradientTape() as tape:
-    tape.watch(target)
-    total = tf.reduce_sum(tiny.discriminator(target, None, 1.4))  # lod 1.4: level 1, alpha 0.6
-  reference = tf.norm(tf.reshape(tape.gradient(total, target), [4, -1]), axis=-1)
-  np.testing.assert_allclose(at_level.numpy(), reference.numpy(), rtol=1e-4)
+    tape.watch(seen)
+    if convention == "target":
+      total = tf.reduce_sum(model.discriminator(seen, None, 1.4))  # lod 1.4: level 1, alpha 0.6
+    else:
+      total = tf.reduce_sum(critic(seen))
+  reference = tf.norm(tf.reshape(tape.gradient(total, seen), [4, -1]), axis=-1)
+  np.testing.assert_allclose(got.numpy(), reference.numpy(), rtol=1e-4)
 
 
-def test_the_loss_returned_to_the_loop_has_the_loss_gradient():
-  """Gradients are taken inside the level's branch; the loop must still get d(loss)/d(variables) exactly."""
-  model = _model(tiny_config(8))
-  model.lod.assign(0.5)
+def test_a_fade_stage_runs_the_level_with_alpha_from_lod_and_trains_only_its_layers():
+  """In the 8x8 fade stage the G loss is the direct computation at level 1 with alpha from lod, and each phase
+  lists exactly the variables its loss reaches (the loop takes gradients for those only)."""
+  model = _model(tiny_config(16))
+  stage = model.stage(int(1000 * (model.growth.stable_kimg + 0.5 * model.growth.fade_kimg)))
+  assert stage.key == (1, True) and stage.resolution == 8 and stage.name == "8x8 fade-in"
+  model.enter_stage(stage)
+  model.lod.assign(1.25)  # level 1 of 2 levels, alpha 0.75
   batch = {"image": tf.random.stateless_uniform([8, 8, 8, 1], seed=[1, 1], minval=-1, maxval=1),
            "label": tf.zeros([8], tf.int32)}
   rng = base.BatchRng(tf.constant([0, 3], tf.int64), 0, 8, 1)
-  phase = model.phases()[1]
+  d_phase, g_phase = model.phases()
   with tf.GradientTape() as tape:
-    loss, _ = phase.loss(batch, rng)
-    total = tf.reduce_sum(loss)
-  got = tape.gradient(total, phase.variables)
+    loss, _ = g_phase.loss(batch, rng)
+  got = tape.gradient(loss, g_phase.variables)
   latent = model.generator.latent(rng.normal([16], "g/z"))
   with tf.GradientTape() as tape:
-    direct = -model.discriminator.scores_at(model.generator.image_at(latent, 1, 0.5), None, 1, 0.5)
-    direct_total = tf.reduce_sum(direct)
-  expected = tape.gradient(direct_total, phase.variables, unconnected_gradients="zero")
+    direct = -model.discriminator.scores_at(model.generator.image_at(latent, 1, 0.75), None, 1, 0.75)
+  expected = tape.gradient(direct, g_phase.variables)
   np.testing.assert_allclose(loss.numpy(), direct.numpy(), rtol=1e-6)
   for a, b in zip(got, expected):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
-  assert any(np.any(a.numpy() != 0) for a in got)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+  for phase, network in [(d_phase, model.discriminator), (g_phase, model.generator)]:
+    with tf.GradientTape() as tape:
+      loss, _ = phase.loss(batch, rng)
+    grads = tape.gradient(loss, network.trainable_variables)
+    reached = {id(v) for v, g in zip(network.trainable_variables, grads) if g is not None}
+    assert reached == {id(v) for v in phase.variables}, phase.name
+    assert len(phase.variables) < len(network.trainable_variables)  # the 16x16 layers are not in it
+  with pytest.raises(ValueError, match="8x8 stage got 16x16"):
+    d_phase.loss({"image": tf.zeros([8, 16, 16, 1])}, rng)
 
 
 @pytest.mark.parametrize("conditioning", ["acgan", "projection"])
@@ -246,6 +264,7 @@ def test_conditional_models_use_the_label(conditioning):
     scores, logits = out
     assert scores.shape == (4,) and logits.shape == (4, 10)
     batch = {"image": a, "label": tf.constant([1, 2, 3, 4])}
+    model.enter_stage(model.stage(10**9))  # the 8x8 stage, long after the growth
     _, metrics = model.discriminator_loss(batch, base.BatchRng(tf.constant([0, 0], tf.int64), 0, 4, 1))
     assert {"D/ac_real", "D/ac_fake"} <= set(metrics)
   else:
@@ -276,12 +295,16 @@ def test_ema_beta_sets_the_halflife():
     ({"resolution": "16x32"}, "square"),
     ({"model.loss": "hinge"}, "unknown --config.model.loss"),
     ({"model.conditioning": "concat"}, "conditioning"),
+    ({"model.gp_resolution": "source"}, "gp_resolution"),
     ({"model.start_resolution": 32}, "start_resolution"),
     ({"batch_size": 6}, "mbstd_group"),
     ({"model.stable_kimg": 0.0, "model.fade_kimg": 0.0}, "not both 0"),
     ({"model.lr_by_resolution": "64:0.1"}, "lr_by_resolution"),
     ({"model.lr_by_resolution": "8=0.1"}, "RES:LR"),
     ({"model.ema_beta": 1.0}, "ema_beta"),
+    ({"model.batch_by_resolution": "4:64,8=32"}, "RES:BATCH"),
+    ({"model.batch_by_resolution": "32:16"}, "power of two from 4 to 16"),
+    ({"model.batch_by_resolution": "8:6"}, "batch 6 at 8x8 must be a positive multiple of"),
 ])
 def test_bad_settings_are_refused_with_one_line(change, message):
   config = tiny_config()

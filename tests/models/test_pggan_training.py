@@ -1,8 +1,12 @@
-"""Progressive GAN training through the loop, across a fade-in: the schedule in the checkpoint, resume mid-fade,
-one device vs Mirrored, XLA on vs off, and bfloat16 with XLA.
+"""Progressive GAN training through the loop, across a fade-in: the stages (input resolution, batch, one trace
+each), the schedule in the checkpoint, resume mid-fade and across a stage change, one device vs Mirrored, XLA on
+vs off, and bfloat16 with XLA.
 
-Schedule of the tiny run (batch 8, 8x8 target, 4x4 stable for 8 images, 8x8 faded in over 16):
-  step 0, 1: 4x4 (lod 1)    step 2: 8x8 fading in, alpha 0.5 (lod 0.5)    step 3: 8x8 (lod 0)
+Schedule of the tiny run (8x8 target; batch 16 at 4x4 and 8 at 8x8; 4x4 stable for 16 images, 8x8 faded in over
+32), one stage per line:
+  steps 0, 1: 4x4, batch 16 (lod 1; nimg 0, 16)
+  steps 2, 3: 8x8 fading in, batch 8, alpha 0.5 and 0.75 (lod 0.5, 0.25; nimg 32, 40)
+  step 4:     8x8, batch 8 (lod 0; nimg 48)
 """
 
 import numpy as np
@@ -14,15 +18,29 @@ from launch import runtime as runtime_lib
 from tests.models.test_pggan import tiny_config
 import pipelines
 
-STEPS = 4
-LODS = [1.0, 1.0, 0.5, 0.0, 0.0]  # lod used by step s (and, at index STEPS, by the next one)
+STEPS = 5
+LODS = [1.0, 1.0, 0.5, 0.25, 0.0, 0.0]  # lod used by step s (and, at index STEPS, by the next one)
+STAGES = [(0, False), (0, False), (1, True), (1, True), (1, False)]
+IMAGES = [(16, 4), (16, 4), (8, 8), (8, 8), (8, 8)]  # (global batch, resolution) of each step's input
 
 
 def _config():
   c = tiny_config(8)
-  c.model.stable_kimg = 0.008
-  c.model.fade_kimg = 0.016
+  c.model.stable_kimg = 0.016
+  c.model.fade_kimg = 0.032
+  c.model.batch_by_resolution = "4:16"
   return c
+
+
+def run_steps(trainer, source, steps, iterator=None):
+  """Runs ``steps`` steps as the loop does: compiled calls cut at stage ends, the input rebuilt for each new stage.
+  Returns (the last call's metrics, all finite, the iterator)."""
+  target, finite, metrics = int(trainer.step.numpy()) + steps, True, {}
+  while finite and int(trainer.step.numpy()) < target:
+    if trainer.enter_stage() or iterator is None:
+      iterator = iter(trainer.dataset(source))
+    metrics, finite = trainer.run(iterator, target - int(trainer.step.numpy()))
+  return metrics, finite, iterator
 
 
 def _trainer(config, **runtime_overrides):
@@ -55,32 +73,59 @@ def _reset_keras_policy():
 
 @pytest.fixture(scope="module")
 def unbroken(tmp_path_factory):
-  """One device, float32: STEPS steps one at a time, a checkpoint written mid-fade (before step 2)."""
+  """One device, float32: STEPS steps one at a time, checkpoints written before step 2 (the stage change to the
+  fade) and before step 3 (mid-fade)."""
   trainer, source = _trainer(_config())
-  iterator = iter(trainer.dataset(source, 0))
-  lods, prefix = [float(trainer.model.lod.numpy())], None
-  resolutions = []
+  iterator, lods, checkpoints = None, [float(trainer.model.lod.numpy())], {}
+  resolutions, stages, shapes, traces = [], [], [], []
   top_layer = trainer.model.generator.to_rgb[1].w.numpy()
   trainable = trainer.model.generator.trainable_variables + trainer.model.discriminator.trainable_variables
   updates = []
   for step in range(STEPS):
+    if step in (2, 3):
+      checkpoints[step] = trainer.checkpoint.write(str(tmp_path_factory.mktemp("pggan") / "ckpt"))
     resolutions.append(float(trainer.model.scalars()["resolution"]))
     before = [v.numpy() for v in trainable]
+    if trainer.enter_stage() or iterator is None:
+      iterator = iter(trainer.dataset(source))
+      shapes.append((step, tuple(iterator.element_spec["image"].shape)))
+    stages.append(trainer.stage.key)
     metrics, finite = trainer.run(iterator, 1)
+    traces.append(trainer.trace_counts())
     updates.append(np.concatenate([np.abs(v.numpy() - b).ravel() for v, b in zip(trainable, before)]))
     assert finite and all(np.isfinite(v) for v in metrics.values())
     lods.append(float(trainer.model.lod.numpy()))
+    if step == 3:
+      state_after_fade = _state(trainer)
     if step == 1:
-      prefix = trainer.checkpoint.write(str(tmp_path_factory.mktemp("pggan") / "ckpt"))
-      # Layers of 8x8 got zero gradients while training at 4x4, so Adam (β1 = 0) left them unchanged.
+      # The 8x8 layers are in no phase of the 4x4 stage: unchanged.
       np.testing.assert_array_equal(trainer.model.generator.to_rgb[1].w.numpy(), top_layer)
-  return dict(state=_state(trainer), lods=lods, resolutions=resolutions, checkpoint=prefix, updates=updates,
-              alpha=float(trainer.model.scalars()["alpha"]), trainer=trainer, source=source)
+  return dict(state=_state(trainer), lods=lods, resolutions=resolutions, checkpoints=checkpoints, updates=updates,
+              alpha=float(trainer.model.scalars()["alpha"]), trainer=trainer, source=source, stages=stages,
+              shapes=shapes, traces=traces, nimg=int(trainer.nimg.numpy()), state_after_fade=state_after_fade)
 
 
 def test_the_level_of_detail_follows_the_schedule_step_by_step(unbroken):
   assert unbroken["lods"] == LODS
-  assert unbroken["resolutions"] == [4.0, 4.0, 8.0, 8.0]
+  assert unbroken["resolutions"] == [4.0, 4.0, 8.0, 8.0, 8.0]
+  assert unbroken["nimg"] == 16 + 16 + 8 + 8 + 8
+
+
+def test_the_input_changes_resolution_and_batch_at_the_scheduled_kimg(unbroken):
+  """The 4x4 stage ends after 0.016 kimg (its last step starts at nimg 16); the fade's input is 8x8, batch 8."""
+  assert unbroken["stages"] == STAGES
+  assert unbroken["shapes"] == [(0, (16, 4, 4, 1)), (2, (8, 8, 8, 1)), (4, (8, 8, 8, 1))]
+  trainer = unbroken["trainer"]
+  assert trainer.model.stage(16).key == (0, False) and trainer.model.stage(17).key == (1, True)
+  assert trainer.model.stage(17).end_nimg == 48 and trainer.model.stage(48).end_nimg is None
+
+
+def test_each_stage_is_traced_once_and_only_when_it_starts(unbroken):
+  traces = unbroken["traces"]
+  four, fade, eight = (0, False), (1, True), (1, False)
+  assert [sorted(t) for t in traces] == [[four]] * 2 + [[four, fade]] * 2 + [[four, eight, fade]]
+  assert traces[1] == traces[0] and traces[3] == traces[2]  # the second step of a stage reuses its trace
+  assert traces[4][(1, False)] == 1 and traces[2][(1, True)] == 1
 
 
 def test_adam_restarts_when_a_fade_starts_and_ends(unbroken):
@@ -88,7 +133,8 @@ def test_adam_restarts_when_a_fade_starts_and_ends(unbroken):
   the gradient is tiny; later updates (t > 1) can move it by up to lr sqrt(1 - β2^t) / sqrt(1 - β2) > lr. Without
   the restart the new 8x8 layers' first update at step 2 would be 1.73 lr."""
   lr = 1e-3
-  for step, first in [(0, True), (1, False), (2, True), (3, True)]:  # the fade starts before step 2, ends before 3
+  # The fade starts before step 2 and ends before step 4.
+  for step, first in [(0, True), (1, False), (2, True), (3, False), (4, True)]:
     update = unbroken["updates"][step]
     moved = update[update > 0]
     if first:
@@ -98,18 +144,19 @@ def test_adam_restarts_when_a_fade_starts_and_ends(unbroken):
       assert moved.max() > lr * 1.01, step
 
 
-def test_a_run_resumed_mid_fade_equals_the_unbroken_run(unbroken):
-  """Restores the mid-fade checkpoint into the finished trainer (saving a second trace): every value the rest of
-  the run depends on must come from the checkpoint, since the trainer holds the end-of-run values otherwise."""
-  checkpoint = unbroken["checkpoint"]
-  assert tf.train.load_variable(checkpoint, "model/lod/.ATTRIBUTES/VARIABLE_VALUE") == pytest.approx(0.5)
+@pytest.mark.parametrize("at", [3, 2])  # mid-fade (alpha 0.75 next); at the change from 4x4 to the fade
+def test_a_resumed_run_equals_the_unbroken_run(unbroken, at):
+  """Restores a checkpoint into the finished trainer (saving new traces): every value the rest of the run depends
+  on must come from the checkpoint, since the trainer holds the end-of-run values otherwise."""
+  checkpoint = unbroken["checkpoints"][at]
+  assert tf.train.load_variable(checkpoint, "model/lod/.ATTRIBUTES/VARIABLE_VALUE") == pytest.approx(LODS[at])
   trainer = unbroken["trainer"]
   trainer.checkpoint.read(checkpoint).assert_consumed()
-  assert int(trainer.step.numpy()) == 2
-  assert float(trainer.model.scalars()["alpha"]) == pytest.approx(0.5)  # continues the same fade
-  iterator = iter(trainer.dataset(unbroken["source"], trainer.position()))
-  _, finite = trainer.run(iterator, STEPS - 2)
-  assert finite
+  assert int(trainer.step.numpy()) == at
+  assert float(trainer.model.scalars()["alpha"]) == pytest.approx(1.0 - LODS[at])  # continues the same fade
+  traces = trainer.trace_counts()
+  _, finite, _ = run_steps(trainer, unbroken["source"], STEPS - at)
+  assert finite and trainer.trace_counts() == traces  # the stages' traces are reused
   assert float(trainer.model.lod.numpy()) == LODS[STEPS]
   assert float(trainer.model.scalars()["alpha"]) == unbroken["alpha"]
   _assert_same(unbroken["state"], _state(trainer), rtol=0, atol=0)  # weights, EMA, optimizer slots: bitwise
@@ -118,26 +165,29 @@ def test_a_run_resumed_mid_fade_equals_the_unbroken_run(unbroken):
 def test_one_device_and_mirrored_reach_the_same_weights(unbroken):
   trainer, source = _trainer(_config(), cpu_replicas=2)
   assert trainer.runtime.num_replicas == 2
-  _, finite = trainer.run(iter(trainer.dataset(source, 0)), STEPS)
+  _, finite, _ = run_steps(trainer, source, STEPS)
   assert finite and float(trainer.model.lod.numpy()) == LODS[STEPS]
   _assert_same(unbroken["state"], _state(trainer), rtol=1e-4, atol=1e-5)
 
 
 def test_xla_and_no_xla_agree(unbroken):
+  """Through the 4x4 stage and the fade (two XLA compilations; the stable 8x8 stage adds nothing new here)."""
   trainer, source = _trainer(_config(), xla=True, steps_per_loop=STEPS)
-  _, finite = trainer.run(iter(trainer.dataset(source, 0)), STEPS)
-  assert finite and float(trainer.model.lod.numpy()) == LODS[STEPS]
+  _, finite, _ = run_steps(trainer, source, 4)
+  assert finite and float(trainer.model.lod.numpy()) == LODS[4]
   # XLA fuses differently: float rounding differs, and Adam turns a tiny gradient's rounding into up to a whole
   # step of lr = 1e-3 on that weight; 1e-4 is a tenth of one step.
-  _assert_same(unbroken["state"], _state(trainer), rtol=1e-4, atol=1e-4)
+  _assert_same(unbroken["state_after_fade"], _state(trainer), rtol=1e-4, atol=1e-4)
 
 
 def test_bfloat16_with_xla_trains_across_the_fade(unbroken):
+  """Through the 4x4 stage and the fade (two stages, so two XLA compilations: the third adds nothing here)."""
   trainer, source = _trainer(_config(), precision="mixed_bfloat16", xla=True, steps_per_loop=STEPS)
   new_block = trainer.model.generator.to_rgb[1].w.numpy()
-  metrics, finite = trainer.run(iter(trainer.dataset(source, 0)), STEPS)
+  metrics, finite, _ = run_steps(trainer, source, 4)
   assert finite and all(np.isfinite(v) for v in metrics.values())
-  assert float(trainer.model.lod.numpy()) == LODS[STEPS]
+  assert sorted(trainer.trace_counts()) == [(0, False), (1, True)]
+  assert float(trainer.model.lod.numpy()) == LODS[4]
   model = trainer.model
   assert all(v.dtype == tf.float32 for v in model.generator.variables + model.discriminator.variables)
   assert not np.array_equal(trainer.model.generator.to_rgb[1].w.numpy(), new_block)  # trained once faded in

@@ -1,0 +1,119 @@
+"""Training stages in the loop (``GenerativeModel.stage``): the input, the batch and the trace change where the model
+says, the data position counts examples, and a run resumed on either side of a stage change equals an unbroken one.
+
+The model is the loop tests' mean image with two stages: "coarse" (2x2 images, batch 8) for the first 24 images,
+then "fine" (4x4, batch 4); the parameter image is average-pooled to the batch's resolution.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from genscale.errors import UserError
+from launch import checkpoints
+from launch import loop
+from models import base
+from tests.conftest import build_trainer
+from tests.launch import toy_model
+import models
+import pipelines
+
+CHANGE = 24  # images: the first step with nimg >= 24 belongs to the fine stage
+
+
+class StagedMeanImage(toy_model.MeanImage):
+  fine_batch = 4
+
+  def stage(self, nimg):
+    if nimg < CHANGE:
+      return base.Stage(key="coarse", name="coarse", resolution=2, global_batch=8, end_nimg=CHANGE)
+    return base.Stage(key="fine", name="fine", resolution=4, global_batch=self.fine_batch)
+
+  def enter_stage(self, stage):
+    self.entered = getattr(self, "entered", []) + [stage.key]
+
+  def loss(self, batch, rng):
+    size = int(batch["image"].shape[1])
+    factor = int(self.m.shape[0]) // size
+    pooled = tf.nn.avg_pool2d(self.m[None], factor, factor, "VALID")[0]
+    x = tf.cast(batch["image"], tf.float32)
+    per_example = tf.reduce_mean(tf.square(pooled - x), axis=[1, 2, 3])
+    return per_example, {"fit/x_mean": tf.reduce_mean(x, axis=[1, 2, 3])}
+
+
+models.register("staged_mean_image", lambda c: c, StagedMeanImage)
+
+
+def _config(**overrides):
+  config = toy_model.config(model={"name": "staged_mean_image", "lr": 0.5, "nan_at_step": -1, "width": 1},
+                            ema_halflife_kimg=0.01, ema_rampup=None)
+  config.update(overrides)
+  return config
+
+
+def _batch(source, batch, resolution, start_step):
+  """The first global batch of the source's stream for this batch size and resolution from ``start_step``."""
+  layout = pipelines.InputLayout(batch)
+  ds = source.dataset(layout, seed=0, start_step=start_step, resolution=resolution, channels=1)
+  return next(iter(ds))["image"].numpy()
+
+
+def test_one_stage_models_keep_their_step_positions_and_one_trace(tiny_dcgan):
+  trainer, ds, _ = build_trainer(tiny_dcgan)
+  assert trainer.stage == base.Stage() and trainer.steps_left_in_stage() >= 2**62
+  trainer.run(iter(ds), 2)
+  trainer.position_offset.assign(3)
+  assert trainer.position() == 2 + 3  # step + offset, as before stages
+  assert list(trainer.trace_counts()) == [None]
+
+
+def test_the_input_batch_and_trace_change_at_the_stage_end():
+  trainer, ds, source = build_trainer(_config())
+  iterator = iter(ds)
+  assert trainer.dataset_spec()["image"].shape == (8, 2, 2, 1)
+  _, finite = trainer.run(iterator, 10)  # cut at the stage end: 3 steps of 8 images
+  assert finite and int(trainer.step.numpy()) == 3 and int(trainer.nimg.numpy()) == CHANGE
+  with pytest.raises(ValueError, match="stage changed to fine"):
+    trainer.run(iterator, 1)  # the coarse input can't feed the fine stage
+  assert trainer.global_batch == 4 and trainer.per_replica_batch == 4
+  assert trainer.dataset_spec()["image"].shape == (4, 4, 4, 1)
+  assert trainer.position() == CHANGE // 4  # examples shown, counted in the new batch
+  metrics, finite = trainer.run(iter(trainer.dataset(source)), 2)
+  assert finite and int(trainer.nimg.numpy()) == CHANGE + 2 * 4
+  # The fine stage's first steps read stream positions 24..31, at 4x4.
+  first_two = np.concatenate([_batch(source, 4, 4, 6), _batch(source, 4, 4, 7)])
+  assert metrics["fit/x_mean"] == pytest.approx(float(first_two.mean()), rel=1e-5)
+  # EMA β per step from the stage's batch: half-life 10 images.
+  assert float(trainer.ema_beta().numpy()) == pytest.approx(0.5**(4 / 10.0), rel=1e-6)
+  counts = trainer.trace_counts()
+  assert set(counts) == {"coarse", "fine"}
+  trainer.run(iter(trainer.dataset(source)), 3)
+  assert trainer.trace_counts() == counts  # the fine stage's trace is reused
+  assert trainer.model.entered[-2:] == ["coarse", "fine"]
+
+
+def test_a_stage_batch_the_replicas_cannot_share_is_refused():
+  StagedMeanImage.fine_batch = 5
+  try:
+    with pytest.raises(UserError, match="batch size 5 of training stage fine is not divisible by 2") as error:
+      build_trainer(_config(), cpu_replicas=2)
+  finally:
+    StagedMeanImage.fine_batch = 4
+  assert "\n" not in str(error.value)
+
+
+def _weights(workdir, steps, **overrides):
+  loop.train(_config(steps=steps, checkpoint_every=1, **overrides), str(workdir))
+  reader = tf.train.load_checkpoint(checkpoints.latest(str(workdir)))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "model/" in k or k.startswith("n")}
+
+
+@pytest.mark.parametrize("first", [2, 3])  # inside the coarse stage; exactly at the change
+def test_a_resumed_run_equals_the_unbroken_one_across_the_stage_change(tmp_path, first, capsys):
+  unbroken = _weights(tmp_path / "unbroken", 6)
+  _weights(tmp_path / "resumed", first)
+  resumed = _weights(tmp_path / "resumed", 6)
+  assert "stage fine: 4x4 images, batch 4, from step 3 (kimg 0.0)" in capsys.readouterr().out
+  assert unbroken.keys() == resumed.keys() and any("nimg" in k for k in unbroken)
+  for key, value in unbroken.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
