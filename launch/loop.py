@@ -455,7 +455,7 @@ class Trainer:
     c = self.config
     return pipelines.distribute(self.runtime.strategy, source, global_batch=self.global_batch, seed=self.seed,
                                 start_step=self.position() if start_step is None else start_step,
-                                resolution=pipelines.parse_resolution(resolution or self._resolution()),
+                                resolution=self._resolution() if resolution is None else pipelines.parse_resolution(resolution),
                                 channels=int(c.channels), flip=bool(c.flip))
 
 
