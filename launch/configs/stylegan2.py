@@ -37,6 +37,7 @@ def model():
   m.channel_base = 32768  # feature maps at resolution r: min(channel_base / r, channel_max)
   m.channel_max = 512
   m.modconv = "scaled"  # modulated convolution: scaled (activations scaled around one conv) | grouped
+  m.filter_impl = "auto"  # low-pass filters: depthwise convolutions | slices | auto (slices under XLA)
   m.reduced_precision_res = 4  # the top N resolutions compute in the runtime's bf16/fp16; the rest in float32
   m.conv_clamp = 256.0  # clamp conv outputs to ±conv_clamp (None: off); keeps float16 finite
   m.mbstd_group_size = 4  # minibatch standard deviation over groups of consecutive examples

@@ -87,7 +87,7 @@ class ModulatedLayer(tf.Module):
   def __init__(self, m, w_dim, cin, cout, resolution, keys, dtype, kind="conv", up=False, name=None):
     super().__init__(name=name)
     self.kind, self.up, self.dtype = kind, up, dtype
-    self.impl = m.modconv
+    self.impl, self.filter_impl = m.modconv, m.filter_impl
     self.clamp = None if m.conv_clamp is None else float(m.conv_clamp)
     k = 3 if kind == "conv" else 1
     self.resolution = resolution
@@ -103,7 +103,7 @@ class ModulatedLayer(tf.Module):
     x = ops.modulated_conv(tf.cast(x, self.dtype), self.weight * self.weight_gain, styles,
                            demodulate=self.kind == "conv", up=self.up, impl=self.impl)
     if self.up:
-      x = ops.fir(x, 1, 1, gain=4.0)
+      x = ops.fir(x, 1, 1, gain=4.0, impl=self.filter_impl)
     if self.kind == "torgb":
       return ops.bias_act(tf.cast(x, tf.float32), self.bias, clamp=self.clamp)
     if noise is not None:
@@ -116,7 +116,7 @@ class SynthesisBlock(tf.Module):
 
   def __init__(self, m, cin, cout, resolution, channels, keys, dtype):
     super().__init__(name=f"block{resolution}")
-    self.resolution, self.dtype = resolution, dtype
+    self.resolution, self.dtype, self.filter_impl = resolution, dtype, m.filter_impl
     w_dim = int(m.w_dim)
     if resolution == 4:
       self.const = tf.Variable(_normal([4, 4, cout], keys()), name="const")
@@ -137,7 +137,7 @@ class SynthesisBlock(tf.Module):
     for i, conv in enumerate(self.convs):
       x = conv(x, ws[:, i], noises[i])
     y = self.torgb(x, ws[:, self.num_conv])
-    img = y if img is None else ops.upsample2d(img) + y
+    img = y if img is None else ops.upsample2d(img, self.filter_impl) + y
     return x, img
 
 
@@ -189,9 +189,10 @@ class Conv(tf.Module):
   """Equalized-learning-rate convolution with optional 2x low-pass downsampling, bias, activation, gain, clamp."""
 
   def __init__(self, cin, cout, kernel, keys, dtype, *, bias=True, activation="lrelu", down=False, gain=None,
-               clamp=None, name=None):
+               clamp=None, filter_impl="depthwise", name=None):
     super().__init__(name=name)
     self.dtype, self.activation, self.down, self.gain, self.clamp = dtype, activation, down, gain, clamp
+    self.filter_impl = filter_impl
     self.kernel = kernel
     self.weight = tf.Variable(_normal([kernel, kernel, cin, cout], keys()), name="weight")
     self.weight_gain = 1.0 / math.sqrt(cin * kernel * kernel)
@@ -201,11 +202,11 @@ class Conv(tf.Module):
     x = tf.cast(x, self.dtype)
     w = tf.cast(self.weight * self.weight_gain, self.dtype)
     if self.down and self.kernel == 1:
-      x = tf.nn.conv2d(ops.downsample2d(x), w, strides=1, padding="VALID")
+      x = tf.nn.conv2d(ops.downsample2d(x, self.filter_impl), w, strides=1, padding="VALID")
     elif self.down:
       # Blur to H+1 then a stride-2 'VALID' convolution: the low-pass filter comes before the subsampling.
       pad = (len(ops.FILTER_TAPS) - 2 + self.kernel - 1) // 2
-      x = tf.nn.conv2d(ops.fir(x, pad, pad), w, strides=2, padding="VALID")
+      x = tf.nn.conv2d(ops.fir(x, pad, pad, impl=self.filter_impl), w, strides=2, padding="VALID")
     else:
       x = tf.nn.conv2d(x, w, strides=1, padding="SAME")
     return ops.bias_act(x, self.bias, activation=self.activation, gain=self.gain, clamp=self.clamp)
@@ -214,15 +215,16 @@ class Conv(tf.Module):
 class DiscriminatorBlock(tf.Module):
   """Residual block: (fromRGB), conv, conv down, with a 1x1 down-sampled skip; branches scaled by sqrt(1/2)."""
 
-  def __init__(self, cin, ctmp, cout, resolution, channels, keys, dtype, clamp, first):
+  def __init__(self, cin, ctmp, cout, resolution, channels, keys, dtype, clamp, first, filter_impl):
     super().__init__(name=f"block{resolution}")
     self.dtype = dtype
     act_gain = 1.0  # the leaky ReLU gain sqrt(2) times the residual branch gain sqrt(1/2)
     self.fromrgb = Conv(channels, ctmp, 1, keys, dtype, clamp=clamp, name="fromrgb") if first else None
     self.conv0 = Conv(ctmp, ctmp, 3, keys, dtype, clamp=clamp, name="conv0")
-    self.conv1 = Conv(ctmp, cout, 3, keys, dtype, down=True, gain=act_gain, clamp=clamp, name="conv1")
+    self.conv1 = Conv(ctmp, cout, 3, keys, dtype, down=True, gain=act_gain, clamp=clamp, filter_impl=filter_impl,
+                      name="conv1")
     self.skip = Conv(ctmp, cout, 1, keys, dtype, bias=False, activation="linear", down=True, gain=math.sqrt(0.5),
-                     name="skip")
+                     filter_impl=filter_impl, name="skip")
 
   def __call__(self, x, img):
     if self.fromrgb is not None:
@@ -247,7 +249,8 @@ class Discriminator(tf.Module):
     for i, res in enumerate([2**j for j in range(log2, 2, -1)]):
       dtype = block_dtype(res, resolution, int(m.reduced_precision_res), compute_dtype)
       ctmp, cout = channels_at(res, base, cmax), channels_at(res // 2, base, cmax)
-      self.blocks.append(DiscriminatorBlock(ctmp, ctmp, cout, res, channels, keys, dtype, clamp, first=i == 0))
+      self.blocks.append(DiscriminatorBlock(ctmp, ctmp, cout, res, channels, keys, dtype, clamp, first=i == 0,
+                                            filter_impl=m.filter_impl))
     c4 = channels_at(4, base, cmax)
     self.conv = Conv(c4 + self.mbstd_channels, c4, 3, keys, tf.float32, clamp=clamp, name="epilogue_conv")
     self.dense = layers.Dense(c4 * 16, c4, keys, equalized=True, gain=1.0, name="epilogue_dense")

@@ -1,8 +1,10 @@
 """StyleGAN2's building blocks as plain TensorFlow ops that XLA compiles on CPUs, GPUs and TPUs.
 
 The reference implementations use custom CUDA kernels for three things; here each is a few standard ops:
-  low-pass filtering (upfirdn2d)   a depthwise convolution with the [1, 3, 3, 1] filter (``fir``), and for 2x
-                                    upsampling its four output phases interleaved by depth_to_space;
+  low-pass filtering (upfirdn2d)   the [1, 3, 3, 1] filter (``fir``, ``upsample2d``, ``downsample2d``) in two
+                                    forms, FILTER_IMPLS: ``depthwise`` convolutions (fastest with TensorFlow's own
+                                    kernels) and ``slices``, weighted sums of shifted slices per axis (fastest
+                                    under XLA, whose CPU backend runs depthwise convolutions 10-40x slower);
   bias + activation + clamp         elementwise ops that XLA fuses (``bias_act``);
   modulated convolution             either one convolution shared by the batch with the activations scaled
                                     before and after it (``scaled``), or one grouped convolution with a kernel
@@ -23,6 +25,76 @@ from genscale.errors import UserError
 FILTER_TAPS = (1.0, 3.0, 3.0, 1.0)
 SQRT2 = math.sqrt(2.0)
 MODCONV_IMPLS = ("scaled", "grouped")
+FILTER_IMPLS = ("depthwise", "slices")
+
+
+def _taps(gain_per_axis):
+  """The normalised one-dimensional filter times ``gain_per_axis``, as Python floats."""
+  total = sum(FILTER_TAPS)
+  return [t / total * gain_per_axis for t in FILTER_TAPS]
+
+
+def _weighted_sum(parts, weights):
+  out = parts[0] * weights[0]
+  for part, weight in zip(parts[1:], weights[1:]):
+    out = out + part * weight
+  return out
+
+
+def _slice_axis(x, axis, start, size):
+  begin, end = [0] * len(x.shape), _shape(x)
+  begin[axis], end[axis] = start, start + size
+  return tf.strided_slice(x, begin, end)
+
+
+def _fir_axis(x, axis, taps, stride):
+  """Correlates axis 1 or 2 of x with ``taps`` ('VALID'), keeping every ``stride``-th (1 or 2) output.
+
+  With stride 2 the axis is first split into its even and odd positions (a reshape), so that every term is a
+  contiguous slice: strided slices are slow without XLA.
+  """
+  size = x.shape[axis]
+  n = (size - len(taps)) // stride + 1
+  if stride == 1:
+    parts = [_slice_axis(x, axis, k, n) for k in range(len(taps))]
+  elif stride == 2:
+    if size % 2:
+      x = tf.pad(x, [[0, 1] if a == axis else [0, 0] for a in range(len(x.shape))])
+    shape = _shape(x)
+    pairs = tf.reshape(x, shape[:axis] + [shape[axis] // 2, 2] + shape[axis + 1:])
+    even_odd = tf.unstack(pairs, axis=axis + 1)
+    parts = [_slice_axis(even_odd[k % 2], axis, k // 2, n) for k in range(len(taps))]
+  else:
+    raise ValueError(f"stride {stride}: the filter supports 1 and 2")
+  return _weighted_sum(parts, [tf.constant(t, x.dtype) for t in taps])
+
+
+def _phase_taps():
+  """Weights [2][3] of inputs p - 1, p, p + 1 in output 2p + r (r = 0, 1) of 2x zero insertion followed by the
+  one-dimensional filter with gain 2: output 2p + r takes input p + (r + k - 2) / 2 with tap k, for the k where that
+  is a whole number, i.e. out[2p] = (x[p-1] + 3 x[p]) / 4 and out[2p+1] = (3 x[p] + x[p+1]) / 4."""
+  phases = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+  for r in (0, 1):
+    for k, tap in enumerate(_taps(2.0)):
+      if (k - r) % 2 == 0:
+        phases[r][(r + k - 2) // 2 + 1] += tap
+  return phases
+
+
+def _upsample_axis(x, axis):
+  """2x upsampling of axis 1 or 2 with the one-dimensional filter (gain 2), as two output phases computed at the
+  input resolution and interleaved."""
+  size = x.shape[axis]
+  padded = tf.pad(x, [[1, 1] if a == axis else [0, 0] for a in range(len(x.shape))])
+  phases = []
+  for weights in _phase_taps():
+    used = [(offset, w) for offset, w in enumerate(weights) if w]
+    phases.append(_weighted_sum([_slice_axis(padded, axis, offset, size) for offset, _ in used],
+                                [tf.constant(w, x.dtype) for _, w in used]))
+  y = tf.stack(phases, axis=axis + 1)  # [..., size, 2, ...]
+  shape = _shape(x)
+  shape[axis] = 2 * size
+  return tf.reshape(y, shape)
 
 
 def _filter_2d(channels, gain, dtype):
@@ -32,25 +104,10 @@ def _filter_2d(channels, gain, dtype):
   return tf.constant(np.tile(f2[:, :, None, None], [1, 1, channels, 1]), dtype)
 
 
-def fir(x, pad0, pad1, gain=1.0, stride=1):
-  """Low-pass filters [b, H, W, C] with the 2-D [1, 3, 3, 1] filter after zero-padding (pad0, pad1) on both
-  spatial axes (size H + pad0 + pad1 - 3), keeping every ``stride``-th output; ``gain`` scales the result.
-
-  One depthwise convolution: a single pass over the activations without XLA, and a grouped convolution under it.
-  """
-  x = tf.pad(x, [[0, 0], [pad0, pad1], [pad0, pad1], [0, 0]])
-  return tf.nn.depthwise_conv2d(x, _filter_2d(x.shape[-1], gain, x.dtype), [1, stride, stride, 1], "VALID")
-
-
 def _upsample_phases():
   """3x3 kernels [3, 3, 1, 4] giving the four output phases (row parity, column parity) of zero-insertion followed
   by the filter with gain 4, each as a correlation over the input's 3x3 neighbourhood."""
-  f = np.asarray(FILTER_TAPS, np.float64) * 2.0 / np.sum(FILTER_TAPS)
-  phases = np.zeros([2, 3])
-  for r in (0, 1):
-    for k in range(len(f)):
-      if (k - r) % 2 == 0:
-        phases[r, (r + k - 2) // 2 + 1] += f[k]  # output 2p + r takes input p + (r + k - 2) / 2
+  phases = np.asarray(_phase_taps())
   kernel = np.zeros([3, 3, 1, 4])
   for ry in (0, 1):
     for rx in (0, 1):
@@ -58,12 +115,36 @@ def _upsample_phases():
   return kernel
 
 
-def upsample2d(x):
+def _check_impl(impl):
+  if impl not in FILTER_IMPLS:
+    raise ValueError(f"unknown filter implementation {impl!r}: choose one of {', '.join(FILTER_IMPLS)}")
+
+
+def fir(x, pad0, pad1, gain=1.0, stride=1, impl="depthwise"):
+  """Low-pass filters [b, H, W, C] with the 2-D [1, 3, 3, 1] filter after zero-padding (pad0, pad1) on both
+  spatial axes (size H + pad0 + pad1 - 3), keeping every ``stride``-th output (1 or 2); ``gain`` scales the result.
+
+  ``depthwise``: one depthwise convolution. ``slices``: the filter is separable, so two passes (rows, columns) of
+  four shifted slices, weighted and summed: elementwise work that XLA fuses.
+  """
+  _check_impl(impl)
+  x = tf.pad(x, [[0, 0], [pad0, pad1], [pad0, pad1], [0, 0]])
+  if impl == "depthwise":
+    return tf.nn.depthwise_conv2d(x, _filter_2d(x.shape[-1], gain, x.dtype), [1, stride, stride, 1], "VALID")
+  taps = _taps(math.sqrt(gain))
+  return _fir_axis(_fir_axis(x, 1, taps, stride), 2, taps, stride)
+
+
+def upsample2d(x, impl="depthwise"):
   """2x upsampling with the low-pass filter (gain 4 keeps the mean): [b, H, W, C] -> [b, 2H, 2W, C].
 
-  Equal to inserting zeros and filtering, computed at the input resolution: a depthwise convolution makes the four
-  output phases of every channel, and depth_to_space interleaves them.
+  Equal to inserting zeros and filtering, computed at the input resolution. ``depthwise``: one depthwise
+  convolution makes the four output phases of every channel and depth_to_space interleaves them. ``slices``:
+  each axis in turn, two output phases of two weighted shifted slices, interleaved.
   """
+  _check_impl(impl)
+  if impl == "slices":
+    return _upsample_axis(_upsample_axis(x, 1), 2)
   b, h, w, c = _shape(x)
   kernel = tf.constant(np.tile(_upsample_phases(), [1, 1, x.shape[-1], 1]), x.dtype)
   y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")  # [b, H, W, C * 4], channel c * 4 + phase
@@ -71,9 +152,9 @@ def upsample2d(x):
   return tf.nn.depth_to_space(y, 2)
 
 
-def downsample2d(x):
+def downsample2d(x, impl="depthwise"):
   """Low-pass filter then keep every second pixel: [b, H, W, C] -> [b, H/2, W/2, C]."""
-  return fir(x, 1, 1, stride=2)
+  return fir(x, 1, 1, stride=2, impl=impl)
 
 
 def _shape(x):

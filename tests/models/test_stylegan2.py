@@ -202,10 +202,21 @@ def test_every_variant_resolves():
     loop.prepare_config(sg_config.get_config(variant))
 
 
+def test_filters_default_to_slices_under_xla_and_depthwise_convolutions_otherwise():
+  assert loop.prepare_config(tiny()).model.filter_impl == "depthwise"
+  with_xla = tiny()
+  with_xla.runtime.xla = True
+  assert loop.prepare_config(with_xla).model.filter_impl == "slices"
+  assert loop.prepare_config(sg_config.get_config("tpu")).model.filter_impl == "slices"
+  chosen = tiny(filter_impl="slices")
+  assert loop.prepare_config(chosen).model.filter_impl == "slices"
+
+
 @pytest.mark.parametrize("change,message", [
     ({"resolution": 48}, "square power of two"),
     ({"model.modconv": "fused"}, "unknown --config.model.modconv"),
     ({"model.modconv": "grouped"}, "runtime.xla=true"),
+    ({"model.filter_impl": "fft"}, "unknown --config.model.filter_impl"),
     ({"model.augment": "sometimes"}, "unknown --config.model.augment"),
     ({"model.augment_p": 1.5}, "augment_p=1.5 must be in"),
     ({"batch_size": 6}, "not a multiple of --config.model.mbstd_group_size=4"),

@@ -64,13 +64,49 @@ def np_conv_transpose_up(x, kernel):
 # ---- filters
 
 
-def test_upsample_and_downsample_match_upfirdn():
+@pytest.mark.parametrize("impl", ops.FILTER_IMPLS)
+def test_upsample_and_downsample_match_upfirdn(impl):
   x = np.random.RandomState(0).randn(2, 6, 6, 3)
-  np.testing.assert_allclose(ops.upsample2d(tf.constant(x)).numpy(), np_upfirdn(x, 2, 1, 2, 1, 4.0), atol=1e-12)
-  np.testing.assert_allclose(ops.downsample2d(tf.constant(x)).numpy(), np_upfirdn(x, 1, 2, 1, 1, 1.0), atol=1e-12)
+  np.testing.assert_allclose(ops.upsample2d(tf.constant(x), impl).numpy(), np_upfirdn(x, 2, 1, 2, 1, 4.0),
+                             atol=1e-12)
+  np.testing.assert_allclose(ops.downsample2d(tf.constant(x), impl).numpy(), np_upfirdn(x, 1, 2, 1, 1, 1.0),
+                             atol=1e-12)
   # Constant images stay constant away from the zero-padded border (the filters keep the mean).
   ones = tf.ones([1, 8, 8, 1])
-  np.testing.assert_allclose(ops.upsample2d(ones)[0, 2:-2, 2:-2].numpy(), 1.0, atol=1e-6)
+  np.testing.assert_allclose(ops.upsample2d(ones, impl)[0, 2:-2, 2:-2].numpy(), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ops.FILTER_IMPLS)
+@pytest.mark.parametrize("size,pad0,pad1,stride,gain", [
+    (9, 1, 1, 1, 4.0),  # after the upsampling transposed convolution (2H + 1 -> 2H)
+    (8, 2, 2, 1, 1.0),  # before a stride-2 3x3 convolution (H -> H + 1)
+    (8, 1, 1, 2, 1.0),  # downsampling (H -> H / 2)
+    (7, 1, 1, 2, 2.0),  # an odd size with stride 2
+])
+def test_fir_matches_upfirdn(impl, size, pad0, pad1, stride, gain):
+  x = np.random.RandomState(1).randn(2, size, size, 3)
+  np.testing.assert_allclose(ops.fir(tf.constant(x), pad0, pad1, gain=gain, stride=stride, impl=impl).numpy(),
+                             np_upfirdn(x, 1, stride, pad0, pad1, gain), atol=1e-12)
+
+
+def test_filter_implementations_agree_under_xla_with_gradients():
+  x = tf.random.stateless_normal([2, 8, 8, 4], seed=[3, 4])
+
+  def loss_and_grad(impl):
+    @tf.function(jit_compile=True)
+    def run(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = ops.upsample2d(ops.fir(x, 2, 2, impl=impl), impl)
+        loss = tf.reduce_sum(tf.square(ops.downsample2d(y, impl)) * tf.range(1.0, 10.0)[:, None, None])
+      return loss, tape.gradient(loss, x)
+    return run(x)
+
+  (loss_d, grad_d), (loss_s, grad_s) = loss_and_grad("depthwise"), loss_and_grad("slices")
+  np.testing.assert_allclose(loss_s.numpy(), loss_d.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(grad_s.numpy(), grad_d.numpy(), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown filter implementation"):
+    ops.fir(x, 1, 1, impl="fft")
 
 
 # ---- modulated convolution
