@@ -7,8 +7,9 @@ Run:
 Variants:
   cpu      the embedded digits at 32x32, batch 32, narrow networks (64 feature maps at most), 1,500 steps, about
            0.5 s per step on 2 idle CPU cores (13 minutes). Known problem, being worked on: the generator
-           collapses to a single digit shape within the first 250 steps under every setting tried so far (see
-           docs/stylegan2.md), so this variant does not yet give usable samples.
+           collapses to a single digit shape within the first 250 steps under every setting tried so far and then
+           hops from one digit to another (see docs/stylegan2.md), so this variant does not yet give usable
+           samples.
   gpu      256x256, the paper's "paper256" settings (Karras et al. 2020, ADA, Table 3 / appendix): batch 64 over
            8 GPUs, γ = 1, lr 0.0025, 16384/512 feature maps, minibatch-stddev groups of 8, EMA half-life 20 kimg,
            ADA target 0.6, 25,000 kimg.
