@@ -453,9 +453,10 @@ class Trainer:
     if resolution is None:
       self._input_stage = self.stage.key
     c = self.config
+    resolution = self._resolution() if resolution is None else pipelines.parse_resolution(resolution)
     return pipelines.distribute(self.runtime.strategy, source, global_batch=self.global_batch, seed=self.seed,
                                 start_step=self.position() if start_step is None else start_step,
-                                resolution=self._resolution() if resolution is None else pipelines.parse_resolution(resolution),
+                                resolution=resolution,
                                 channels=int(c.channels), flip=bool(c.flip))
 
 

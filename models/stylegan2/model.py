@@ -50,8 +50,7 @@ def resolve(config):
   require(m.filter_impl in filter_choices,
           f"unknown --config.model.filter_impl={m.filter_impl!r}: choose one of {', '.join(filter_choices)}")
   if m.filter_impl == "auto":
-    # XLA's CPU backend runs depthwise convolutions 10-40x slower than TensorFlow's kernel; sums of slices fuse.
-    m.filter_impl = "slices" if config.runtime.xla or config.runtime.strategy == "tpu" else "depthwise"
+    m.filter_impl = ops.filter_impl_for(config.runtime.xla or config.runtime.strategy == "tpu")
   require(not (m.modconv == "grouped" and config.runtime.strategy == "cpu" and not config.runtime.xla),
           "--config.model.modconv=grouped trains on a CPU only with --config.runtime.xla=true (TensorFlow has no "
           "CPU gradient for grouped convolutions); or use --config.model.modconv=scaled")
