@@ -49,6 +49,12 @@ def resolve(config):
   filter_choices = ("auto",) + ops.FILTER_IMPLS
   require(m.filter_impl in filter_choices,
           f"unknown --config.model.filter_impl={m.filter_impl!r}: choose one of {', '.join(filter_choices)}")
+  require(m.synthesis_up in networks.SYNTHESIS_UP,
+          f"unknown --config.model.synthesis_up={m.synthesis_up!r}: choose one of "
+          f"{', '.join(networks.SYNTHESIS_UP)}")
+  require(m.output_activation in networks.OUTPUT_ACTIVATIONS,
+          f"unknown --config.model.output_activation={m.output_activation!r}: choose one of "
+          f"{', '.join(networks.OUTPUT_ACTIVATIONS)}")
   if m.filter_impl == "auto":
     m.filter_impl = ops.filter_impl_for(config.runtime.xla or config.runtime.strategy == "tpu")
   require(not (m.modconv == "grouped" and config.runtime.strategy == "cpu" and not config.runtime.xla),

@@ -9,8 +9,8 @@ Generator:
   z (+ class embedding) -> normalise -> 8 dense layers (lr_mul 0.01) -> w
   learned 4x4 constant -> per resolution: [modulated 3x3 conv (2x up from 8x8 on), modulated 3x3 conv], each with
   per-pixel noise times a learned strength, bias, leaky ReLU; a 1x1 modulated toRGB per resolution, summed into
-  the upsampled RGB image (the "skip" architecture). Layer i takes w_i of ws [b, num_ws, w_dim]: one w per
-  convolution, and each toRGB shares the w of the next block's first convolution.
+  the upsampled RGB image (the "skip" architecture), optionally through tanh. Layer i takes w_i of ws
+  [b, num_ws, w_dim]: one w per convolution, and each toRGB shares the w of the next block's first convolution.
 Discriminator:
   fromRGB 1x1 -> per resolution: 3x3 conv, 3x3 conv with 2x down, plus a 1x1 down-sampled skip, summed with gain
   sqrt(1/2) -> at 4x4: minibatch standard deviation, 3x3 conv, dense, and a linear output. Conditional
@@ -23,6 +23,9 @@ import tensorflow as tf
 
 from models import layers
 from models.stylegan2 import ops
+
+SYNTHESIS_UP = ("filtered", "nearest")
+OUTPUT_ACTIVATIONS = ("linear", "tanh")
 
 
 def channels_at(resolution, channel_base, channel_max):
@@ -81,13 +84,15 @@ class ModulatedLayer(tf.Module):
 
   Args:
     kind: "conv" (3x3, demodulated, noise, leaky ReLU) or "torgb" (1x1, not demodulated, linear).
-    up: 2x upsampling (synthesis layers of every block above 4x4, first convolution).
+    up: 2x upsampling (synthesis layers of every block above 4x4, first convolution): a stride-2 transposed
+      convolution low-pass filtered back to 2H x 2W (``synthesis_up=filtered``, the reference's), or 2x
+      nearest-neighbour copies followed by the 3x3 convolution (``nearest``).
   """
 
   def __init__(self, m, w_dim, cin, cout, resolution, keys, dtype, kind="conv", up=False, name=None):
     super().__init__(name=name)
     self.kind, self.up, self.dtype = kind, up, dtype
-    self.impl, self.filter_impl = m.modconv, m.filter_impl
+    self.impl, self.filter_impl, self.up_mode = m.modconv, m.filter_impl, m.synthesis_up
     self.clamp = None if m.conv_clamp is None else float(m.conv_clamp)
     k = 3 if kind == "conv" else 1
     self.resolution = resolution
@@ -100,9 +105,13 @@ class ModulatedLayer(tf.Module):
 
   def __call__(self, x, w, noise=None):
     styles = self.affine(w)
-    x = ops.modulated_conv(tf.cast(x, self.dtype), self.weight * self.weight_gain, styles,
-                           demodulate=self.kind == "conv", up=self.up, impl=self.impl)
-    if self.up:
+    x = tf.cast(x, self.dtype)
+    nearest = self.up and self.up_mode == "nearest"
+    if nearest:
+      x = ops.upsample_nearest(x)
+    x = ops.modulated_conv(x, self.weight * self.weight_gain, styles, demodulate=self.kind == "conv",
+                           up=self.up and not nearest, impl=self.impl)
+    if self.up and not nearest:
       x = ops.fir(x, 1, 1, gain=4.0, impl=self.filter_impl)
     if self.kind == "torgb":
       return ops.bias_act(tf.cast(x, tf.float32), self.bias, clamp=self.clamp)
@@ -142,11 +151,13 @@ class SynthesisBlock(tf.Module):
 
 
 class SynthesisNetwork(tf.Module):
-  """ws [b, num_ws, w_dim] -> images float32 [b, R, R, C] (not squashed: the reference leaves them linear)."""
+  """ws [b, num_ws, w_dim] -> images float32 [b, R, R, C]: linear like the reference's, or through tanh
+  (``output_activation``)."""
 
   def __init__(self, m, resolution, channels, keys, compute_dtype):
     super().__init__(name="synthesis")
     self.resolution = resolution
+    self.output_tanh = m.output_activation == "tanh"
     self.blocks = []
     log2 = int(math.log2(resolution))
     cin = 0
@@ -169,7 +180,7 @@ class SynthesisNetwork(tf.Module):
       x, img = block(x, img, ws[:, w_index:w_index + block.num_conv + 1], noises[layer:layer + block.num_conv])
       w_index += block.num_conv
       layer += block.num_conv
-    return img
+    return tf.tanh(img) if self.output_tanh else img
 
 
 class Generator(tf.Module):

@@ -158,6 +158,13 @@ def upsample2d(x, impl="depthwise"):
   return tf.nn.depth_to_space(y, 2)
 
 
+def upsample_nearest(x):
+  """2x nearest-neighbour upsampling: [b, H, W, C] -> [b, 2H, 2W, C], each pixel copied to a 2x2 block."""
+  b, h, w, c = _shape(x)
+  y = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
+  return tf.reshape(y, [b, 2 * h, 2 * w, c])
+
+
 def downsample2d(x, impl="depthwise"):
   """Low-pass filter then keep every second pixel: [b, H, W, C] -> [b, H/2, W/2, C]."""
   return fir(x, 1, 1, stride=2, impl=impl)

@@ -12,6 +12,7 @@ from launch import loop
 from launch import runtime as runtime_lib
 from launch.configs import stylegan2 as sg_config
 from models import base
+from models import layers
 from models.stylegan2 import StyleGAN2
 from models.stylegan2 import networks
 import pipelines
@@ -21,7 +22,9 @@ INFO = pipelines.DataInfo(spec="test", count=10, resolution=8, channels=1, num_c
 
 
 def tiny(**model):
-  """8x8 images, 16-dimensional latents, 16 and 8 feature maps, two mapping layers: a step in well under a second."""
+  """8x8 images, 16-dimensional latents, 16 and 8 feature maps, two mapping layers: a step in well under a second.
+  The synthesis network is the reference's (filtered up-convolutions, linear output) unless ``model`` says
+  otherwise."""
   c = sg_config.get_config("cpu")
   c.resolution = 8
   c.batch_size = 8
@@ -29,7 +32,8 @@ def tiny(**model):
   c.sample_grid = 4
   c.log_every = c.sample_every = c.checkpoint_every = 2
   c.runtime.steps_per_loop = 1
-  c.model.update(dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16, w_avg_samples=8))
+  c.model.update(dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16, w_avg_samples=8,
+                      synthesis_up="filtered", output_activation="linear"))
   c.model.update(model)
   return c
 
@@ -194,6 +198,38 @@ def test_path_length_mean_and_average_w_follow_their_running_means():
   np.testing.assert_allclose(m.w_avg.numpy(), 0.5 * mean, rtol=1e-5, atol=1e-7)
 
 
+# ---- synthesis options
+
+
+def _synthesis_network(**model):
+  m = loop.prepare_config(tiny(**model)).model
+  return networks.SynthesisNetwork(m, 8, 1, layers.Keys(3), tf.float32)
+
+
+def test_tanh_output_is_tanh_of_the_linear_output():
+  ws = tf.random.stateless_normal([4, 5, 16], [3, 4])
+  linear = _synthesis_network()(ws).numpy()
+  squashed = _synthesis_network(output_activation="tanh")(ws).numpy()
+  assert np.abs(linear).max() > 1.0  # the check below would not see tanh on small values
+  np.testing.assert_allclose(squashed, np.tanh(linear), rtol=1e-5, atol=1e-6)
+
+
+def test_nearest_up_layer_is_the_plain_layer_on_nearest_upsampled_input():
+  m = loop.prepare_config(tiny(synthesis_up="nearest")).model
+  up = networks.ModulatedLayer(m, 16, 8, 6, 8, layers.Keys(5), tf.float32, up=True)
+  plain = networks.ModulatedLayer(m, 16, 8, 6, 8, layers.Keys(5), tf.float32)
+  up.bias.assign(tf.random.stateless_normal([6], [7, 7]))  # non-zero, so a missed bias would show
+  plain.bias.assign(up.bias)
+  x = tf.random.stateless_normal([2, 4, 4, 8], [1, 1])
+  w = tf.random.stateless_normal([2, 16], [2, 2])
+  expected = plain(np.repeat(np.repeat(x.numpy(), 2, axis=1), 2, axis=2), w)
+  np.testing.assert_allclose(up(x, w).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+  filtered = networks.ModulatedLayer(loop.prepare_config(tiny()).model, 16, 8, 6, 8, layers.Keys(5), tf.float32,
+                                     up=True)
+  filtered.bias.assign(up.bias)
+  assert np.abs(filtered(x, w).numpy() - expected.numpy()).max() > 1e-2  # the two modes differ
+
+
 # ---- configs
 
 
@@ -217,6 +253,8 @@ def test_filters_default_to_slices_under_xla_and_depthwise_convolutions_otherwis
     ({"model.modconv": "fused"}, "unknown --config.model.modconv"),
     ({"model.modconv": "grouped"}, "runtime.xla=true"),
     ({"model.filter_impl": "fft"}, "unknown --config.model.filter_impl"),
+    ({"model.synthesis_up": "bilinear"}, "unknown --config.model.synthesis_up"),
+    ({"model.output_activation": "sigmoid"}, "unknown --config.model.output_activation"),
     ({"model.augment": "sometimes"}, "unknown --config.model.augment"),
     ({"model.augment_p": 1.5}, "augment_p=1.5 must be in"),
     ({"batch_size": 6}, "not a multiple of --config.model.mbstd_group_size=4"),

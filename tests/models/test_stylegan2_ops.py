@@ -64,6 +64,12 @@ def np_conv_transpose_up(x, kernel):
 # ---- filters
 
 
+def test_nearest_upsampling_copies_each_pixel_to_a_2x2_block():
+  x = np.random.RandomState(0).randn(2, 3, 5, 4)
+  np.testing.assert_array_equal(ops.upsample_nearest(tf.constant(x)).numpy(),
+                                np.repeat(np.repeat(x, 2, axis=1), 2, axis=2))
+
+
 @pytest.mark.parametrize("impl", ops.FILTER_IMPLS)
 def test_upsample_and_downsample_match_upfirdn(impl):
   x = np.random.RandomState(0).randn(2, 6, 6, 3)
