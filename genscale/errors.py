@@ -13,3 +13,8 @@ def require(condition, message):
   """Raises ``UserError(message)`` unless ``condition`` holds."""
   if not condition:
     raise UserError(message)
+
+
+def require_choice(value, choices, flag):
+  """Raises ``UserError`` naming ``flag`` and the choices unless ``value`` is one of ``choices``."""
+  require(value in choices, f"unknown {flag}={value!r}: choose one of {', '.join(choices)}")

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from genscale import random as random_lib
-from genscale.errors import UserError, require
+from genscale.errors import UserError, require, require_choice
 from genscale.shapes import parse_resolution
 from models import base
 from models import layers
@@ -44,17 +44,10 @@ def resolve(config):
   require(height == width and height >= 8 and height & (height - 1) == 0,
           f"--config.resolution={config.resolution}: StyleGAN2 needs a square power of two of at least 8 "
           "(e.g. 32, 256 or 1024)")
-  require(m.modconv in ops.MODCONV_IMPLS,
-          f"unknown --config.model.modconv={m.modconv!r}: choose one of {', '.join(ops.MODCONV_IMPLS)}")
-  filter_choices = ("auto",) + ops.FILTER_IMPLS
-  require(m.filter_impl in filter_choices,
-          f"unknown --config.model.filter_impl={m.filter_impl!r}: choose one of {', '.join(filter_choices)}")
-  require(m.synthesis_up in networks.SYNTHESIS_UP,
-          f"unknown --config.model.synthesis_up={m.synthesis_up!r}: choose one of "
-          f"{', '.join(networks.SYNTHESIS_UP)}")
-  require(m.output_activation in networks.OUTPUT_ACTIVATIONS,
-          f"unknown --config.model.output_activation={m.output_activation!r}: choose one of "
-          f"{', '.join(networks.OUTPUT_ACTIVATIONS)}")
+  require_choice(m.modconv, ops.MODCONV_IMPLS, "--config.model.modconv")
+  require_choice(m.filter_impl, ("auto",) + ops.FILTER_IMPLS, "--config.model.filter_impl")
+  require_choice(m.synthesis_up, networks.SYNTHESIS_UP, "--config.model.synthesis_up")
+  require_choice(m.output_activation, networks.OUTPUT_ACTIVATIONS, "--config.model.output_activation")
   if m.filter_impl == "auto":
     m.filter_impl = ops.filter_impl_for(config.runtime.xla or config.runtime.strategy == "tpu")
   require(not (m.modconv == "grouped" and config.runtime.strategy == "cpu" and not config.runtime.xla),
@@ -72,8 +65,7 @@ def resolve(config):
           "--config.model.r1_gamma and pl_weight must be non-negative")
   require(0.0 < float(m.pl_decay) <= 1.0, f"--config.model.pl_decay={m.pl_decay} must be in (0, 1]")
   require(0.0 <= float(m.w_avg_beta) < 1.0, f"--config.model.w_avg_beta={m.w_avg_beta} must be in [0, 1)")
-  require(m.augment in AUGMENT_MODES,
-          f"unknown --config.model.augment={m.augment!r}: choose one of {', '.join(AUGMENT_MODES)}")
+  require_choice(m.augment, AUGMENT_MODES, "--config.model.augment")
   require(0.0 <= float(m.augment_p) <= 1.0, f"--config.model.augment_p={m.augment_p} must be in [0, 1]")
   require(0.0 <= float(m.ada_target) <= 1.0, f"--config.model.ada_target={m.ada_target} must be in [0, 1]")
   require(float(m.ada_kimg) > 0, f"--config.model.ada_kimg={m.ada_kimg} must be positive")

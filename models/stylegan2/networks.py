@@ -91,8 +91,10 @@ class ModulatedLayer(tf.Module):
 
   def __init__(self, m, w_dim, cin, cout, resolution, keys, dtype, kind="conv", up=False, name=None):
     super().__init__(name=name)
-    self.kind, self.up, self.dtype = kind, up, dtype
-    self.impl, self.filter_impl, self.up_mode = m.modconv, m.filter_impl, m.synthesis_up
+    self.kind, self.dtype = kind, dtype
+    self.nearest_up = up and m.synthesis_up == "nearest"
+    self.filtered_up = up and not self.nearest_up
+    self.impl, self.filter_impl = m.modconv, m.filter_impl
     self.clamp = None if m.conv_clamp is None else float(m.conv_clamp)
     k = 3 if kind == "conv" else 1
     self.resolution = resolution
@@ -106,12 +108,11 @@ class ModulatedLayer(tf.Module):
   def __call__(self, x, w, noise=None):
     styles = self.affine(w)
     x = tf.cast(x, self.dtype)
-    nearest = self.up and self.up_mode == "nearest"
-    if nearest:
+    if self.nearest_up:
       x = ops.upsample_nearest(x)
     x = ops.modulated_conv(x, self.weight * self.weight_gain, styles, demodulate=self.kind == "conv",
-                           up=self.up and not nearest, impl=self.impl)
-    if self.up and not nearest:
+                           up=self.filtered_up, impl=self.impl)
+    if self.filtered_up:
       x = ops.fir(x, 1, 1, gain=4.0, impl=self.filter_impl)
     if self.kind == "torgb":
       return ops.bias_act(tf.cast(x, tf.float32), self.bias, clamp=self.clamp)
