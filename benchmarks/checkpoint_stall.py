@@ -32,20 +32,19 @@ FLAGS = flags.FLAGS
 
 def measure(config, asynchronous):
   from launch import checkpoints  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch.trainer import Trainer  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
   runtime = runtime_lib.create(config.runtime)
   source = pipelines.open_source(config.data, config.get("input"))
-  trainer = loop.Trainer(config, runtime, source.info)
-  iterator = iter(trainer.dataset(source, 0))
-  trainer.run(iterator, 2)
+  trainer = Trainer(config, runtime, source)
+  trainer.run(2)
   scratch = tempfile.mkdtemp(prefix="genscale-ckpt-bench-")
   store = checkpoints.Store(scratch, trainer.checkpoint, keep=2, asynchronous=asynchronous)
   stalls, commits = [], []
   try:
     for i in range(FLAGS.saves + 1):
-      trainer.run(iterator, 1)
+      trainer.run(1)
       start = time.perf_counter()
       store.save(i + 1)
       stalled = time.perf_counter() - start
@@ -67,13 +66,13 @@ def measure(config, asynchronous):
 def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   print("command: python -m benchmarks.checkpoint_stall " + " ".join(sys.argv[1:]))
   print(f"machine: {platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}; local disk")
   print("| width | parameters | checkpoint MB | mode | stall ms (median) | until committed ms |")
   print("|---|---|---|---|---|---|")
   for width in FLAGS.widths:
-    config = loop.prepare_config(FLAGS.config)
+    config = rundir.prepare_config(FLAGS.config)
     config.model.g_width = config.model.d_width = int(width)
     for asynchronous in (False, True):
       stall, commit, size, params = measure(config, asynchronous)

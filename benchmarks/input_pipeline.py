@@ -71,27 +71,27 @@ def input_wait(config_arg, data=None, channels=None):
   """(fraction of step time waiting for input, img/s) for a config over a few compiled calls."""
   import keras  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch.trainer import Trainer  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
   path, variant = config_arg.split(":")
   config = config_flags.config_flags._ConfigFileParser("config").parse(f"{path}:{variant}")  # pylint: disable=protected-access
   if data:
     config.data = data
     config.channels = channels
-  config = loop.prepare_config(config)
+  config = rundir.prepare_config(config)
   runtime = runtime_lib.create(config.runtime)
   source = pipelines.open_source(config.data, config.get("input"))
-  trainer = loop.Trainer(config, runtime, source.info)
-  iterator = iter(trainer.dataset(source, 0))
+  trainer = Trainer(config, runtime, source)
   per_call = runtime.steps_per_loop
-  trainer.run(iterator, per_call)
+  trainer.run(per_call)
   waited, elapsed, steps = 0.0, 0.0, 0
   while steps < FLAGS.train_steps:
     start = time.perf_counter()
-    metrics, _ = trainer.run(iterator, per_call)
+    result = trainer.run(per_call)
     elapsed += time.perf_counter() - start
-    waited += metrics["perf/input_wait_sec"]
+    waited += result.metrics["perf/input_wait_fraction"].total  # seconds waited in the call
     steps += per_call
   keras.mixed_precision.set_global_policy("float32")
   return waited / elapsed, steps * trainer.global_batch / elapsed

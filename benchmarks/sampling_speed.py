@@ -42,36 +42,26 @@ def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
-  from launch import checkpoints  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
-  from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch.sampling import Sampler  # pylint: disable=g-import-not-at-top
   import models  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
 
   print("command: python -m benchmarks.sampling_speed " + " ".join(sys.argv[1:]))
+  options = dict(strategy="auto", precision=FLAGS.precision, xla=FLAGS.xla)
   if FLAGS.workdir:
-    config, info = loop.read_run(FLAGS.workdir)
+    run = rundir.load_run(FLAGS.workdir, **options)
+    config, runtime, model = run.config, run.runtime, run.model
   else:
-    config = loop.prepare_config(FLAGS.config)
+    config = rundir.prepare_config(FLAGS.config)
     height, width = pipelines.parse_resolution(config.resolution)
     info = pipelines.DataInfo(spec=config.data, count=0, resolution=height, width=width,
                               channels=int(config.channels), num_classes=10 if config.model.conditional else 0)
+    runtime = rundir.runtime_for(config, **options)
+    with runtime.strategy.scope():
+      model = models.build(config, info, runtime.hardware)
   if config.model.name not in ("ddpm", "edm"):
     raise UserError(f"{config.model.name} is not a diffusion model; use a ddpm or edm config or run")
-  config.runtime.cpu_replicas = 1
-  if FLAGS.precision:
-    config.runtime.precision = FLAGS.precision
-  if FLAGS.xla is not None:
-    config.runtime.xla = FLAGS.xla
-  runtime = runtime_lib.create(config.runtime)
-  with runtime.strategy.scope():
-    model = models.build(config, info, runtime.compute_dtype)
-  if FLAGS.workdir:
-    path = checkpoints.latest(FLAGS.workdir)
-    if path is None:
-      raise UserError(f"no checkpoint in {FLAGS.workdir}; train first")
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
   print(f"machine: {platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}; {runtime.describe()}")
   print(f"model: {config.model.name}, {config.resolution} px, {config.channels} channel(s), channels "
         f"{config.model.channels} x ({config.model.channel_mults}), batch {FLAGS.batch}")

@@ -37,34 +37,36 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from genscale import images as image_lib  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
   from launch import monitor as monitor_lib  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from launch.sampling import Sampler  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
 
-  config = loop.prepare_config(FLAGS.config)
+  config = rundir.prepare_config(FLAGS.config)
   runtime = runtime_lib.create(config.runtime)
   source = pipelines.open_source(config.data, config.get("input"))
-  trainer = loop.Trainer(config, runtime, source.info)
-  iterator = iter(trainer.dataset(source, 0))
+  trainer = trainer_lib.Trainer(config, runtime, source)
   scratch = tempfile.mkdtemp(prefix="genscale-summary-bench-")
-  monitor = monitor_lib.Monitor(scratch, 10**9, 0, trainer.global_batch, stream=open(os.devnull, "w"))
+  monitor = monitor_lib.Monitor(scratch, 10**9, 0, stream=open(os.devnull, "w"))
   sampler = Sampler(runtime, trainer.model, int(config.sample_grid))
 
   def call(setting):
     diagnostics = setting != "plain"
     histograms = "histograms" in setting
     start = time.perf_counter()
-    metrics, _ = trainer.run(iterator, FLAGS.steps, diagnostics=diagnostics, histograms=histograms)
-    step = int(trainer.step.numpy())
+    measure = (trainer_lib.GRAD_NORMS,) if diagnostics else ()
+    measure += (trainer_lib.GRADIENTS,) if histograms else ()
+    result = trainer.run(FLAGS.steps, measure=measure)
+    step = result.step
     if diagnostics:
       extra = trainer.optimizer_stats()
-      monitor.log(step, {k: v for k, v in metrics.items() if not k.startswith("perf/")}, extra=extra)
+      monitor.log(step, result.values(), nimg=result.nimg, extra=extra)
     if histograms:
       monitor.histograms(step, {v.name: v.numpy() for v in trainer.model.trainable_variables}, "weights")
       for phase in trainer.phases:
-        named = {v.name: g for v, g in zip(phase.variables, trainer.last_gradients.get(phase.name, []))}
+        named = {v.name: g for v, g in zip(phase.variables, result.gradients.get(phase.name, []))}
         monitor.histograms(step, named, f"gradients/{phase.name}")
     if "grids" in setting:
       for ema in (True, False):

@@ -63,25 +63,25 @@ def step_flops(trainer):
 
 def measure(config, precision, xla):
   import keras  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch.trainer import Trainer  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.runtime.precision = precision
   config.runtime.xla = xla
   config.runtime.steps_per_loop = FLAGS.steps
-  config = loop.prepare_config(config)  # after the overrides: a model may check them (stylegan2's grouped)
+  config = rundir.prepare_config(config)
   runtime = runtime_lib.create(config.runtime)
   source = pipelines.open_source(config.data)
-  trainer = loop.Trainer(config, runtime, source.info)
-  iterator = iter(trainer.dataset(source, 0))
+  trainer = Trainer(config, runtime, source)
   t0 = time.perf_counter()
-  trainer.run(iterator, FLAGS.steps)
+  trainer.run(FLAGS.steps)
   compile_s = time.perf_counter() - t0
   times = []
   for _ in range(FLAGS.repeats):
     t0 = time.perf_counter()
-    _, finite = trainer.run(iterator, FLAGS.steps)
+    finite = trainer.run(FLAGS.steps).finite
     times.append((time.perf_counter() - t0) / FLAGS.steps)
     if not finite:
       raise RuntimeError("non-finite loss during the benchmark")

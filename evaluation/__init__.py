@@ -21,7 +21,8 @@ How it fits together (each module's docstring has the details; docs/evaluation.m
               reference statistics computed once and cached, ``evaluator(step) -> {"eval/fid_classifier": ...}``
               plus a line in <workdir>/metrics.jsonl.
   periodic    evaluation every ``eval_every`` steps inside the training loop, with its share of the time.
-  command     what ``launch.evaluate`` does: restore a checkpoint, score it, print, write TensorBoard scalars.
+What ``launch.evaluate`` does with a run (restore a checkpoint, score it, print, write TensorBoard scalars) is in
+launch/scoring.py: this package never imports ``launch``.
 """
 
 __all__ = ["EvalSettings", "Evaluator"]

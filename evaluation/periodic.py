@@ -1,8 +1,8 @@
 """Evaluation during training: ``--config.eval_every=N`` scores the generator every N steps (and at the end).
 
 The training loop builds one ``PeriodicEvaluation`` after the model (``from_config`` returns None when
-``eval_every`` is 0) and calls it between compiled calls at the steps ``due`` names, after that step's
-checkpoint. It runs on every worker (generation and feature extraction are collectives); only the chief prints and
+``eval_every`` is 0) and calls it between compiled calls every ``every`` steps and at the end (the loop's
+``launch.actions.Evaluate``), after that step's checkpoint. It runs on every worker (generation and feature extraction are collectives); only the chief prints and
 writes. Settings come from the config's ``eval_*`` keys (see ``evaluation.evaluator``); the reference statistics
 are computed at the first evaluation, or read from ``<workdir>/eval/`` when a resumed run already cached them.
 
@@ -54,9 +54,6 @@ class PeriodicEvaluation:
     if not int(config.get("eval_every") or 0):
       return None
     return cls(config, runtime, model, info, workdir, print_fn)
-
-  def due(self, step, total):
-    return step % self.every == 0 or step == total
 
   def __call__(self, step):
     """Evaluates the current weights; returns TensorBoard scalars (scores, perf/eval_sec, perf/eval_fraction)."""

@@ -19,9 +19,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
-  config = loop.prepare_config(FLAGS.config)
+  config = rundir.prepare_config(FLAGS.config)
   runtime = runtime_lib.create(config.runtime)
   batch = int(config.batch_size)
   print(runtime.describe())

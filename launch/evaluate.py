@@ -71,7 +71,7 @@ def main(argv):
       batch_size=FLAGS.batch_size, seed=FLAGS.seed, keep=FLAGS.keep, kid_subsets=FLAGS.kid_subsets,
       kid_subset_size=FLAGS.kid_subset_size, is_splits=FLAGS.is_splits, pr_k=FLAGS.pr_k, ema=FLAGS.ema)
   settings.validate()  # before anything slow
-  from evaluation import command  # pylint: disable=g-import-not-at-top
+  from launch import scoring as command  # pylint: disable=g-import-not-at-top
   runtime_options = dict(strategy=FLAGS.strategy, cpu_replicas=FLAGS.cpu_replicas, precision=FLAGS.precision,
                          xla=FLAGS.xla)
   if FLAGS.compare_data:

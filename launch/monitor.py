@@ -21,14 +21,12 @@ class Monitor:
     workdir: the run directory; events go to ``<workdir>/tensorboard``, grids to ``<workdir>/samples``.
     total_steps: the run's target step.
     start_step: the step the process starts at (restored or 0).
-    global_batch: images per step, for img/s and kimg.
     enabled: False on non-chief workers.
   """
 
-  def __init__(self, workdir, total_steps, start_step, global_batch, enabled=True, stream=None):
+  def __init__(self, workdir, total_steps, start_step, enabled=True, stream=None):
     self.workdir = workdir
     self.enabled = enabled
-    self.global_batch = global_batch
     self.stream = stream or sys.stdout
     self.writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if enabled
                    else tf.summary.create_noop_writer())
@@ -50,7 +48,7 @@ class Monitor:
     if self._interactive:
       self.progress.update(force=True)
 
-  def start_clock(self, step, nimg=None):
+  def start_clock(self, step, nimg):
     """Starts rate measurement (after the first compiled call, so compile time doesn't count)."""
     self._last_time = time.monotonic()
     self._last_step = step
@@ -69,32 +67,27 @@ class Monitor:
     if self._last_time is not None:
       self._last_time += seconds
 
-  def log(self, step, metrics, input_wait_sec=None, extra=None, nimg=None):
+  def log(self, step, metrics, nimg, extra=None):
     """Writes a log line and TensorBoard scalars for the metrics averaged since the last log.
 
-    ``input_wait_sec``: seconds the compiled calls since the last log spent waiting for input. ``nimg``: images
-    shown so far, when steps don't all have ``global_batch`` images (a growing GAN's batch per resolution).
+    ``metrics``: {name: value}, ``perf/input_wait_fraction`` among them; ``nimg``: images shown so far (steps
+    need not all have the same number of images: a growing GAN's batch per resolution).
     """
     now = time.monotonic()
     scalars = dict(metrics)
     if self._last_time is not None and step > self._last_step:
       seconds = now - self._last_time
-      if nimg is not None and self._last_nimg is not None:
-        images = nimg - self._last_nimg
-      else:
-        images = (step - self._last_step) * self.global_batch
-      scalars["perf/img_per_sec"] = images / seconds
+      scalars["perf/img_per_sec"] = (nimg - self._last_nimg) / seconds
       scalars["perf/sec_per_step"] = seconds / (step - self._last_step)
-      if input_wait_sec is not None:
-        scalars["perf/input_wait_fraction"] = input_wait_sec / seconds
-    scalars["progress/kimg"] = (step * self.global_batch if nimg is None else nimg) / 1000.0
+    scalars["progress/kimg"] = nimg / 1000.0
     scalars.update(extra or {})
     self._last_time, self._last_step, self._last_nimg = now, step, nimg
     self.scalars(step, scalars)
     eta = self.progress.eta_seconds() if self.progress.rate() > 0 else None
     # Model state (fade-in alpha, ADA p...) goes on the line too: it says where a run is as much as the losses do.
     state = {k: v for k, v in (extra or {}).items() if k.startswith("model/")}
-    shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted({**metrics, **state}.items()))
+    losses = {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+    shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted({**losses, **state}.items()))
     rate = scalars.get("perf/img_per_sec")
     wait = scalars.get("perf/input_wait_fraction")
     self.print(f"step {step}/{self.progress.total} kimg {scalars['progress/kimg']:.1f} "

@@ -60,6 +60,18 @@ class Runtime:
   def loss_scaling(self):
     return self.precision == "mixed_float16"
 
+  @property
+  def hardware(self):
+    """What models may know of this machine (``models.base.Hardware``)."""
+    from models.base import Hardware  # pylint: disable=g-import-not-at-top
+    if self.kind == "tpu":
+      device = "tpu"
+    elif any("GPU" in d.upper() for d in self.devices):
+      device = "gpu"
+    else:
+      device = "cpu"
+    return Hardware(compute_dtype=self.compute_dtype, replicas=self.num_replicas, xla=self.xla, device=device)
+
   def compile(self, fn):
     """Wraps a per-replica function that returns tensors (no variable writes); XLA-compiled when enabled."""
     return tf.function(fn, jit_compile=True) if self.xla else tf.function(fn)

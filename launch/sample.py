@@ -39,19 +39,6 @@ flags.mark_flags_as_required(["workdir", "out"])
 FLAGS = flags.FLAGS
 
 
-def _checkpoint_path(workdir, choice):
-  from launch import checkpoints  # pylint: disable=g-import-not-at-top
-  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
-  if choice is None:
-    path = checkpoints.latest(workdir)
-    if path is None:
-      raise UserError(f"no checkpoint in {checkpoints.directory_of(workdir)}; train first or pass --checkpoint")
-    return path
-  if choice.isdigit():
-    return os.path.join(checkpoints.directory_of(workdir), f"ckpt-{int(choice)}")
-  return choice
-
-
 _OPTION_FLAGS = ("sampler", "steps", "guidance", "eta", "churn", "truncation", "mix_seed", "mix_layer",
                  "interpolate")
 
@@ -68,27 +55,16 @@ def main(argv):
   from genscale import images as image_lib  # pylint: disable=g-import-not-at-top
   from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
   from genscale.progress import Progress  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
-  from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch.sampling import Sampler, grid_labels  # pylint: disable=g-import-not-at-top
-  import models  # pylint: disable=g-import-not-at-top
 
   if not FLAGS.out.endswith((".png", ".npz")):
     raise UserError(f"--out={FLAGS.out} must end in .png (a grid) or .npz (raw samples)")
   if FLAGS.num < 1:
     raise UserError(f"--num={FLAGS.num} must be at least 1")
-  config, info = loop.read_run(FLAGS.workdir)
-  config.runtime.strategy = FLAGS.strategy
-  config.runtime.cpu_replicas = 1
-  if FLAGS.precision:
-    config.runtime.precision = FLAGS.precision
-  if FLAGS.xla is not None:
-    config.runtime.xla = FLAGS.xla
-  runtime = runtime_lib.create(config.runtime)
-  path = _checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)
-  with runtime.strategy.scope():
-    model = models.build(config, info, runtime.compute_dtype)
-  tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy=FLAGS.strategy, precision=FLAGS.precision,
+                        xla=FLAGS.xla)
+  runtime, model, path = run.runtime, run.model, run.checkpoint
 
   num_classes = getattr(model, "num_classes", 0)
   if FLAGS.label is not None:

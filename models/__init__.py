@@ -1,7 +1,8 @@
 """Model families, built by name from ``config.model.name``.
 
 Each family registers a ``resolve(config)`` that fills defaults and checks its config section (raising UserError),
-and a model class built as ``cls(config, data_info, compute_dtype)``.
+and a model class (a ``models.base.GenerativeModel``) built as ``cls(config, data_info, hardware)`` after
+``cls.check_hardware(config, hardware)``.
 """
 
 from genscale.errors import UserError
@@ -30,9 +31,12 @@ def resolve(config):
   return _entry(config.model.name)[0](config)
 
 
-def build(config, info, compute_dtype):
-  """Builds the model. Call inside ``strategy.scope()``."""
-  return _entry(config.model.name)[1](config, info, compute_dtype)
+def build(config, info, hardware):
+  """Checks the config against ``hardware`` (a ``models.base.Hardware``) and builds the model. Call inside
+  ``strategy.scope()``. Raises UserError."""
+  cls = _entry(config.model.name)[1]
+  cls.check_hardware(config, hardware)
+  return cls(config, info, hardware)
 
 
 def shape_keys(config):

@@ -1,13 +1,16 @@
 """What every model family provides to the training loop, and the randomness it draws from.
 
 A model is a ``tf.Module`` holding its networks, their EMA copies, its optimizers (``model.optimizers``, a dict)
-and any extra state, all tracked for checkpointing. It describes one training step as a list of ``Phase``s, run in
-order: each phase computes a per-example loss for one replica, and the loop takes its gradients with respect to
-the phase's variables and applies them with the phase's optimizer. A phase with ``interval=k`` runs on steps
-divisible by k (lazy regularisation); its loss should already be scaled by k.
+and any extra state, all tracked for checkpointing. It describes one training step of a ``Stage`` as a list of
+``Phase``s (``phases(stage)``, a pure function of the stage), run in order: each phase computes a per-example loss
+for one replica, and the loop takes its gradients with respect to the phase's variables and applies them with the
+phase's optimizer. A phase with ``interval=k`` runs on steps divisible by k (lazy regularisation); its loss should
+already be scaled by k.
 
-Models know nothing of strategies, devices or files: the loop calls phases once per replica, and randomness comes
-from a ``BatchRng`` that the loop builds for each replica.
+Models know nothing of strategies, loss scaling, files or the runtime config: the loop calls phases once per
+replica, randomness comes from a ``BatchRng`` that the loop builds for each replica, and all a model learns of the
+machine is a ``Hardware`` (compute dtype, replica count, XLA, device kind). The loop never changes a model's
+optimizers; it wraps them for loss scaling on its own side.
 """
 
 import dataclasses
@@ -15,7 +18,9 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
+from genscale.errors import UserError
 from genscale.random import normal_values, uniform_values
+from models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +49,9 @@ class Stage:
   """A part of a run whose steps share one input shape and one traced step (e.g. one resolution of a growing GAN).
 
   The loop asks the model for the stage of every step (``GenerativeModel.stage``); when it changes, the loop
-  rebuilds its input at the stage's resolution and batch and runs a step traced for that stage, with the batch
-  and any Python values the model fixes in ``enter_stage``. No compiled call crosses a stage's end.
+  rebuilds its input at the stage's resolution and batch and runs a step traced for that stage: its phases come from
+  ``phases(stage)``, so Python values of the stage (a growing GAN's level) are constants of its trace. No compiled
+  call crosses a stage's end.
 
   Attributes:
     key: hashable; steps with equal keys share a trace.
@@ -126,21 +132,60 @@ def _size(shape):
   return size
 
 
-def ema_copy_creator(next_creator, **kwargs):
-  """Variable creator for EMA networks: not trainable, and written by the first replica only.
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+  """All a model may know of the machine it is built for; the runtime fills it (``Runtime.hardware``).
 
-  The loop updates EMA weights inside the replica context, where every replica computes the same value; with
-  ONLY_FIRST_REPLICA aggregation that assignment is legal under every strategy.
+  Attributes:
+    compute_dtype: the dtype of activations (float32, float16 or bfloat16); variables stay float32.
+    replicas: replicas in sync, over all workers.
+    xla: whether the per-replica functions are XLA-compiled.
+    device: "cpu", "gpu" or "tpu".
   """
-  kwargs["trainable"] = False
-  kwargs["aggregation"] = tf.VariableAggregation.ONLY_FIRST_REPLICA
+  compute_dtype: tf.DType = tf.float32
+  replicas: int = 1
+  xla: bool = False
+  device: str = "cpu"
+
+
+# Variables that the replicas write with equal values (EMA weights, model state set between phases): not trainable,
+# and with ONLY_FIRST_REPLICA aggregation an assignment is legal in replica and cross-replica context alike.
+_SHARED_STATE = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+def state_variable(initial_value, name, dtype=None):
+  """A checkpointed, non-trainable variable for model state that ``update_state`` sets (ADA's p, lod...).
+
+  Create it in the model's ``__init__`` (under the strategy's scope, where the loop builds models).
+  """
+  return tf.Variable(initial_value, name=name, dtype=dtype, **_SHARED_STATE)
+
+
+def conditional_classes(model_config, info):
+  """The number of classes a model conditions on: the data's when ``model.conditional`` is set, else 0.
+
+  Raises UserError when the model should be conditional but the data has no labels.
+  """
+  if not model_config.get("conditional"):
+    return 0
+  if not info.num_classes:
+    raise UserError(f"--config.model.conditional=true but {info.spec} has no labels; set it to false")
+  return int(info.num_classes)
+
+
+def _ema_creator(next_creator, **kwargs):
+  kwargs.update(_SHARED_STATE)
   return next_creator(**kwargs)
 
 
-def build_ema_copy(build_network, source):
-  """Builds an EMA copy of ``source`` with ``build_network()`` and copies its initial weights."""
-  with tf.variable_creator_scope(ema_copy_creator):
-    copy = build_network()
+def ema_copy(build_network, source, seed):
+  """An EMA copy of the network ``source``: ``build_network(keys)`` builds the same architecture, its weights
+  start as copies of ``source``'s. Returns (copy, [(ema variable, source variable)]) for ``ema_pairs``.
+
+  The loop updates EMA weights inside the replica context, where every replica computes the same value.
+  """
+  with tf.variable_creator_scope(_ema_creator):
+    copy = build_network(layers.Keys(seed))  # same shapes; the values are overwritten below
   pairs = list(zip(copy.variables, source.variables))
   for ema, var in pairs:
     if ema.shape != var.shape:
@@ -154,15 +199,25 @@ class GenerativeModel(tf.Module):
 
   Attributes:
     config: the model's ConfigDict (the ``model`` section).
-    optimizers: dict name -> Keras optimizer; the loop wraps them for loss scaling and builds them.
+    optimizers: dict name -> Keras optimizer; the loop builds them (and wraps them, on its side, for loss scaling).
     ema_pairs: list of (ema_variable, source_variable) updated by the loop after every step.
+
+  The constructor is ``cls(config, info, hardware)``: the resolved run config, the ``DataInfo`` of the training
+  data and a ``Hardware``.
   """
 
   # Config keys (in the ``model`` section) that fix variable shapes; a resume that changes them is refused.
   shape_keys = ()
 
-  def phases(self):
-    """The training step as an ordered list of Phase."""
+  @classmethod
+  def check_hardware(cls, config, hardware):
+    """Raises UserError for settings that this hardware can't run (e.g. a per-replica batch too small for a
+    minibatch-statistics group). Called once the runtime exists, before the model is built. Default: nothing."""
+    del config, hardware
+
+  def phases(self, stage):
+    """The training step of ``stage`` as an ordered list of Phase: a pure function of the stage (the loop calls it
+    once per stage, when it first needs the stage, and keeps the result)."""
     raise NotImplementedError
 
   def generate(self, rng, labels=None, ema=True, **options):
@@ -176,7 +231,6 @@ class GenerativeModel(tf.Module):
     of a trace. Default: the model takes no options.
     """
     if options:
-      from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
       raise UserError(f"{type(self).__name__} sampling takes no options; got --{', --'.join(sorted(options))}")
 
   def scalars(self):
@@ -190,19 +244,15 @@ class GenerativeModel(tf.Module):
     del nimg
     return Stage()
 
-  def enter_stage(self, stage):
-    """Called on the host when ``stage`` becomes current, before its steps are traced or run. Default: nothing."""
-    del stage
-
-  def update_state(self, step, nimg, metrics):
+  def update_state(self, stage, step, nimg, metrics):
     """Updates model state from global statistics; called after every group of phases that ran.
 
-    Runs inside the compiled training call in cross-replica context, outside XLA: ``metrics`` are the group's
-    metrics already reduced over all replicas (global means, see ``Phase``), ``step`` the step being trained and
-    ``nimg`` the images seen before it. Assign to variables created in the model's ``__init__`` (under the
-    strategy's scope), e.g. ADA's augmentation probability or the path-length mean. Default: nothing.
+    Runs inside the compiled training call of ``stage`` in cross-replica context, outside XLA: ``metrics`` are the
+    group's metrics already reduced over all replicas (global means, see ``Phase``; a ratio as its value),
+    ``step`` the step being trained and ``nimg`` the images seen before it. Assign to ``state_variable``s
+    created in ``__init__``, e.g. ADA's augmentation probability or the path-length mean. Default: nothing.
     """
-    del step, nimg, metrics
+    del stage, step, nimg, metrics
 
 
 def variable_names(module, variables):

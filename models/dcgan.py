@@ -156,14 +156,13 @@ class DCGAN(base.GenerativeModel):
 
   shape_keys = ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "kernel", "conditional", "conditioning")
 
-  def __init__(self, config, info, compute_dtype):
+  def __init__(self, config, info, hardware):
     super().__init__(name="dcgan")
     m = config.model
+    compute_dtype = hardware.compute_dtype
     self.loss_kind = m.loss
     self.latent_dim = int(m.latent_dim)
-    self.num_classes = info.num_classes if m.conditional else 0
-    require(not m.conditional or info.num_classes > 0,
-            f"--config.model.conditional=true but {info.spec} has no labels; set it to false")
+    self.num_classes = base.conditional_classes(m, info)
     self.gp_weight = float(m.gp_weight)
     self.r1_gamma = float(m.r1_gamma)
     keys = layers.Keys(config.seed)
@@ -180,9 +179,8 @@ class DCGAN(base.GenerativeModel):
         self.discriminator = Discriminator(*args, keys, compute_dtype)
     else:
       self.discriminator = Discriminator(*args, keys, compute_dtype)
-    ema_keys = layers.Keys(config.seed)  # same shapes; values are overwritten by the copy
-    self.generator_ema, self.ema_pairs = base.build_ema_copy(
-        lambda: Generator(*args, ema_keys, compute_dtype), self.generator)
+    self.generator_ema, self.ema_pairs = base.ema_copy(lambda k: Generator(*args, k, compute_dtype), self.generator,
+                                                       config.seed)
     self.optimizers = {"g": _optimizer(m), "d": _optimizer(m)}
     self.n_critic = int(m.n_critic)
 
@@ -215,7 +213,8 @@ class DCGAN(base.GenerativeModel):
                                      fake_labels)
     return losses.generator_loss(self.loss_kind, fake_logits), {}
 
-  def phases(self):
+  def phases(self, stage):
+    del stage  # one stage
     return [
         base.Phase("D", "d", self.discriminator.trainable_variables, self.discriminator_loss),
         base.Phase("G", "g", self.generator.trainable_variables, self.generator_loss, interval=self.n_critic),

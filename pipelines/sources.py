@@ -21,9 +21,7 @@ Order and resume:
     a deterministic skip, exact unless input.deterministic is off or a folder holds undecodable files.
 """
 
-import dataclasses
 import os
-from typing import Optional
 
 from absl import logging
 import numpy as np
@@ -34,58 +32,9 @@ from pipelines import embedded
 from pipelines import input as input_lib
 from pipelines import records
 from pipelines import transforms
+from pipelines.source import ArraySource, DataInfo, InputOptions, Source, fit_uint8, model_transform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataInfo:
-  """What a model needs to know about its data."""
-  spec: str
-  count: int
-  resolution: int  # stored height (0 when it varies, as in a folder of images)
-  channels: int  # stored channels (0 when it varies)
-  num_classes: int  # 0 when unlabelled
-  label_names: tuple = ()
-  width: int = 0  # stored width when it differs from the height
-
-
-@dataclasses.dataclass(frozen=True)
-class InputOptions:
-  """Pipeline settings (the ``input`` config section)."""
-  crop: str = "center"  # fit the aspect ratio: center (crop) | pad (black borders) | none (stretch)
-  shuffle_buffer: int = 10_000  # examples in the shuffle buffer of file sources
-  cache: bool = False  # decode every image once and keep the dataset in memory (exact order and resume)
-  deterministic: bool = True  # fixed element order (needed for exact resume); off trades order for speed
-  folder_labels: bool = False  # folder source: the first sub-folder name is the class label
-  tfds_data_dir: Optional[str] = None  # TFDS data directory (local or gs://)
-  tfds_download: bool = True  # let TFDS download and prepare a dataset that isn't there yet
-  image_key: str = "image"  # TFDS feature names
-  label_key: str = "label"
-
-  @classmethod
-  def from_config(cls, section):
-    if section is None:
-      return cls()
-    values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-    require(not unknown, f"unknown --config.input keys: {', '.join(sorted(unknown))}")
-    options = cls(**values)
-    require(options.crop in transforms.CROP_MODES,
-            f"unknown --config.input.crop={options.crop!r}: choose one of {', '.join(transforms.CROP_MODES)}")
-    return options
-
-
-def model_transform(resolution, channels, crop):
-  """uint8 image batch at any size -> float32 batch in [-1, 1] at ``resolution`` (h, w) and ``channels``."""
-
-  def transform(batch):
-    batch = transforms.to_channels(batch, channels)
-    batch = transforms.fit_aspect(batch, resolution, crop)
-    batch = transforms.resize(batch, resolution)
-    return transforms.to_model_range(batch)
-
-  return transform
 
 
 def _finish(batches, layout, options, flip, seed, start_step, transform_batch):
@@ -122,38 +71,7 @@ def _shard_and_shuffle(items, layout, seed):
   return items.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True), sharded
 
 
-class ArraySource:
-  """A source whose examples are in memory as uint8 arrays of one size."""
-
-  def __init__(self, spec, images, labels, label_names=(), options=None):
-    self.images = images
-    self.labels = labels
-    self.options = options or InputOptions()
-    self.info = DataInfo(spec=spec, count=int(images.shape[0]), resolution=int(images.shape[1]),
-                         channels=int(images.shape[3]), num_classes=len(label_names),
-                         label_names=tuple(label_names), width=int(images.shape[2]))
-
-  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
-    resolution = transforms.parse_resolution(resolution)
-    return input_lib.indexed_batches(self.images, self.labels, layout, seed=seed, start_step=start_step,
-                                     transform=model_transform(resolution, channels, self.options.crop),
-                                     shuffle=shuffle, flip=flip)
-
-
-def _load_into_memory(source, resolution, channels):
-  """Decodes a whole file source once at ``resolution`` (uint8, rounded) for the exact in-memory pipeline."""
-  height, width = resolution
-  images, labels = [], []
-  for batch in source.examples_at(resolution, channels).batch(256).as_numpy_iterator():
-    images.append(batch[0])
-    labels.append(batch[1])
-  require(images, f"{source.info.spec}: no decodable images")
-  images = np.concatenate(images).reshape([-1, height, width, channels])
-  return ArraySource(source.info.spec, images, np.concatenate(labels).astype(np.int32), source.info.label_names,
-                     source.options)
-
-
-class FolderSource:
+class FolderSource(Source):
   """Image files under a directory, decoded on the fly (or once, with input.cache)."""
 
   def __init__(self, spec, root, options):
@@ -178,18 +96,13 @@ class FolderSource:
     self.paths, self.labels = paths, labels
     self.info = DataInfo(spec=spec, count=len(paths), resolution=0, channels=0, num_classes=len(label_names),
                          label_names=label_names)
-    self._memory = {}
 
   def _decode(self, resolution, channels):
     crop = self.options.crop
 
     def decode(path, label):
       image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-      image = transforms.to_channels(image, channels)
-      image = transforms.fit_aspect(image, resolution, crop)
-      image = transforms.resize(image, resolution)
-      image = tf.ensure_shape(image, [resolution[0], resolution[1], channels])
-      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+      return fit_uint8(image, resolution, channels, crop), label
 
     return decode
 
@@ -201,14 +114,8 @@ class FolderSource:
     return self._items().map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE,
                              deterministic=True).ignore_errors(log_warning=True)
 
-  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
-    resolution = transforms.parse_resolution(resolution)
-    if self.options.cache:
-      key = (resolution, channels)
-      if key not in self._memory:
-        self._memory[key] = _load_into_memory(self, resolution, channels)
-      return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
-                                       channels=channels, flip=flip, shuffle=shuffle)
+  def stream(self, layout, seed, start_step, resolution, channels, flip, shuffle):
+    del shuffle  # the file order is always shuffled; a folder source has no example buffer
     items, sharded = _shard_and_shuffle(self._items(), layout, seed)
     items = items.repeat()  # every epoch a new full permutation of the files
     if not sharded:
@@ -220,7 +127,7 @@ class FolderSource:
                    start_step, transforms.to_model_range)
 
 
-class TFRecordSource:
+class TFRecordSource(Source):
   """Records written by ``pipelines.prepare``: raw uint8 pixels, cheap to read, downsampled on the fly."""
 
   def __init__(self, spec, pattern, options):
@@ -250,9 +157,8 @@ class TFRecordSource:
     names = tuple(meta.get("label_names") or ())
     self.info = DataInfo(spec=spec, count=int(meta["count"]), resolution=self.height, channels=self.channels,
                          num_classes=len(names), label_names=names, width=self.width)
-    self._memory = {}
 
-  def _check_resolution(self, resolution):
+  def check_resolution(self, resolution):
     height, width = resolution
     if height > self.height or width > self.width:
       raise UserError(f"{self.info.spec} holds {self.height}x{self.width} images, smaller than the requested "
@@ -266,21 +172,11 @@ class TFRecordSource:
 
     def to_uint8(serialized):
       images, labels = records.parse_batch(serialized, height, width, stored)
-      images = transforms.resize(transforms.fit_aspect(transforms.to_channels(images, channels), resolution, crop),
-                                 resolution)
-      return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8), labels
+      return fit_uint8(images, resolution, channels, crop), labels
 
     return tf.data.TFRecordDataset(self.files).batch(256).map(to_uint8).unbatch()
 
-  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
-    resolution = transforms.parse_resolution(resolution)
-    self._check_resolution(resolution)
-    if self.options.cache:
-      key = (resolution, channels)
-      if key not in self._memory:
-        self._memory[key] = _load_into_memory(self, resolution, channels)
-      return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
-                                       channels=channels, flip=flip, shuffle=shuffle)
+  def stream(self, layout, seed, start_step, resolution, channels, flip, shuffle):
     files, sharded = _shard_and_shuffle(tf.data.Dataset.from_tensor_slices(self.files), layout, seed)
     serialized = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(self.files), 8), block_length=1,
                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -298,7 +194,7 @@ class TFRecordSource:
                    model_transform(resolution, channels, self.options.crop))
 
 
-class TFDSSource:
+class TFDSSource(Source):
   """A TensorFlow Datasets dataset. Images are decoded after the resume skip, not before."""
 
   def __init__(self, spec, rest, options):
@@ -333,7 +229,6 @@ class TFDSSource:
     self.has_labels = label is not None
     self.info = DataInfo(spec=spec, count=count, resolution=int(height or 0), channels=int(channels or 0),
                          num_classes=len(names), label_names=names, width=int(width or 0))
-    self._memory = {}
 
   def _prepared(self):
     return tf.io.gfile.exists(self.builder.data_dir) and bool(tf.io.gfile.glob(
@@ -357,24 +252,14 @@ class TFDSSource:
 
     def decode(encoded, label):
       image = encoded if encoded.dtype == tf.uint8 else tf.io.decode_image(encoded, expand_animations=False)
-      image = transforms.resize(transforms.fit_aspect(transforms.to_channels(image, channels), resolution, crop),
-                                resolution)
-      image = tf.ensure_shape(image, [resolution[0], resolution[1], channels])
-      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), tf.cast(label, tf.int32)
+      return fit_uint8(image, resolution, channels, crop), tf.cast(label, tf.int32)
 
     return decode
 
   def examples_at(self, resolution, channels):
     return self._read().map(self._decode(resolution, channels), num_parallel_calls=tf.data.AUTOTUNE)
 
-  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
-    resolution = transforms.parse_resolution(resolution)
-    if self.options.cache:
-      key = (resolution, channels)
-      if key not in self._memory:
-        self._memory[key] = _load_into_memory(self, resolution, channels)
-      return self._memory[key].dataset(layout, seed=seed, start_step=start_step, resolution=resolution,
-                                       channels=channels, flip=flip, shuffle=shuffle)
+  def stream(self, layout, seed, start_step, resolution, channels, flip, shuffle):
     examples = self._read(layout, seed)
     if shuffle:
       examples = examples.shuffle(self.options.shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)

@@ -31,16 +31,15 @@ def error_lines(stderr):
 
 
 def build_trainer(config, **runtime_overrides):
-  """A Trainer for ``config`` with ``runtime`` overrides: (trainer, its dataset from step 0, the data source)."""
-  from launch import loop  # pylint: disable=g-import-not-at-top
+  """A Trainer for ``config`` (a new run, at step 0) with ``runtime`` overrides."""
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch.trainer import Trainer  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
-  config = loop.prepare_config(config)
+  config = rundir.prepare_config(config)
   config.runtime.update(runtime_overrides)
   runtime = runtime_lib.create(config.runtime)
-  source = pipelines.open_source(config.data)
-  trainer = loop.Trainer(config, runtime, source.info)
-  return trainer, trainer.dataset(source, 0), source
+  return Trainer(config, runtime, pipelines.open_source(config.data))
 
 
 @pytest.fixture

@@ -1,21 +1,30 @@
-"""Keys every model honours. A family's config file starts from ``base()`` and sets what differs.
+"""Keys every model honours, the runtime presets, and how a family's config file is put together.
 
-Science settings (data, model, schedule) live at the top level and under ``model``; hardware settings live under
-``runtime`` and never change what is learned, only how fast.
+A family's config file (``launch/configs/<family>.py``) holds a ``model()`` block and a dict ``VARIANTS`` of
+changes by variant name, each a dict of dotted keys to values that differ from ``base()`` and the model block;
+``get_config(variant)`` is ``common.make(model(), VARIANTS, variant)``. Science settings (data, model, schedule)
+live at the top level and under ``model``; hardware settings live under ``runtime`` and never change what is
+learned, only how fast. The runtime presets and the output cadences of large runs are here, and only here.
 """
+
+import math
 
 import ml_collections
 
+from genscale.errors import UserError
 
-def runtime(strategy="auto", precision="float32", xla=False, cpu_replicas=1, steps_per_loop=1):
+
+def runtime(**changes):
+  """The ``runtime`` section: its defaults, with ``changes``."""
   r = ml_collections.ConfigDict()
-  r.strategy = strategy  # auto | cpu | mirrored | multiworker | tpu
-  r.precision = precision  # float32 | mixed_float16 | mixed_bfloat16
-  r.xla = xla  # compile the per-replica forward/backward with XLA (always on for TPU)
-  r.cpu_replicas = cpu_replicas  # logical CPU devices; >1 runs MirroredStrategy on a CPU
-  r.steps_per_loop = steps_per_loop  # training steps per compiled call
+  r.strategy = "auto"  # auto | cpu | mirrored | multiworker | tpu
+  r.precision = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+  r.xla = False  # compile the per-replica forward/backward with XLA (always on for TPU)
+  r.cpu_replicas = 1  # logical CPU devices; >1 runs MirroredStrategy on a CPU
+  r.steps_per_loop = 1  # training steps per compiled call
   r.tpu = "local"  # TPU name or grpc address; "local" on Colab and TPU VMs
   r.all_reduce = "auto"  # GPU all-reduce: auto (NCCL if present) | nccl | hierarchical_copy | ring
+  r.update(changes)
   return r
 
 
@@ -71,3 +80,48 @@ def base():
   c.runtime = runtime()
   c.model = ml_collections.ConfigDict()
   return c
+
+
+# Runtime presets: the variants' hardware settings. float32 on CPUs: those without AVX512_BF16 emulate bfloat16
+# convolutions about 10x slower than float32 (docs/benchmarks.md).
+CPU = {"runtime.strategy": "cpu", "runtime.steps_per_loop": 10}
+GPU = {"runtime.precision": "mixed_float16", "runtime.xla": True, "runtime.steps_per_loop": 50}  # every visible GPU
+TPU = {"runtime.strategy": "tpu", "runtime.precision": "mixed_bfloat16", "runtime.xla": True,
+       "runtime.steps_per_loop": 100,
+       "histogram_every": 0}  # histograms move every weight and gradient to the host
+# The output cadences of long runs (hours to days on accelerators).
+LARGE_RUN = {"log_every": 500, "sample_every": 5000, "checkpoint_every": 5000}
+
+
+def ema_halflife_kimg(beta, batch_size):
+  """The EMA half-life (thousands of images) that gives a decay of ``beta`` per step at ``batch_size``."""
+  return batch_size * math.log(0.5) / math.log(beta) / 1000.0
+
+
+def apply(config, changes):
+  """Sets dotted keys ("model.lr", "runtime.strategy") of ``config`` to the values of ``changes``."""
+  for key, value in changes.items():
+    *parents, leaf = key.split(".")
+    section = config
+    for name in parents:
+      section = section[name]
+    if leaf not in section:
+      raise KeyError(f"config has no key {key!r}")
+    section[leaf] = value
+  return config
+
+
+def defaults(model_block):
+  """``base()`` with ``model_block`` as its model section: what every variant of a family starts from."""
+  c = base()
+  c.model = model_block
+  return c
+
+
+def make(model_block, variants, variant, family):
+  """The config of ``variant``: ``defaults(model_block)`` with ``variants[variant]`` applied. Raises UserError
+  for an unknown variant, naming ``family``'s variants."""
+  if variant not in variants:
+    raise UserError(f"unknown variant {variant!r} of launch/configs/{family}.py: choose one of "
+                    f"{', '.join(variants)}")
+  return apply(defaults(model_block), variants[variant])

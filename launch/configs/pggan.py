@@ -6,18 +6,12 @@ Run:
 
 Variants:
   cpu      the embedded digits, 4x4 -> 32x32, narrow networks (64 channels up to 16x16, 32 at 32x32), latent
-           128, batch 16, float32, 2,000 steps (32 kimg): 5 kimg stable per resolution and 5 kimg fades, 32x32
-           faded in by step 1,875, and gradient penalties measured at the current level's resolution (with the
-           reference's target-resolution convention the critic of this short schedule falls behind from the
-           4x4 stage on, rating fakes above reals, and the generator collapses to one shape by the 8x8 fade).
-           Expected: varied digit shapes from the 8x8 stage on and a final 32x32 grid of digits, mostly loopy
-           ones (0 and 8 in about two thirds of the cells, then 9, 3, 2, 6), with D/real above D/fake on most
-           log lines. 530 s (8 min 50 s) on 2 idle CPU cores. Each resolution and each fade is a stage with its own input and
-           traced step (docs/pggan.md).
+           128, batch 16, float32, 2,000 steps (32 kimg), about 9 minutes on 2 CPU cores. Expected: varied digit
+           shapes from the 8x8 stage on and a final 32x32 grid of digits, mostly loopy ones (docs/pggan.md).
   gpu      CelebA-HQ-style faces at 256x256 from TFRecords prepared with pipelines.prepare, the paper's networks
            (latent 512, widths 512 ... 64), WGAN-GP with drift, Adam(0.001, 0, 0.99), batch 16, mirror
-           augmentation, the paper's schedule (800 kimg stable + 800 kimg fade per resolution) and G EMA 0.999;
-           12,000 kimg. Expected: faces like the paper's 256x256 CelebA-HQ results.
+           augmentation, the paper's schedule (800 kimg stable + 800 kimg fade per resolution) and G EMA 0.999
+           per step; 12,000 kimg. Expected: faces like the paper's 256x256 CelebA-HQ results.
   gpu1024  as gpu at 1024x1024 (widths down to 16), 15,000 kimg; the paper's CelebA-HQ setting except the
            batch size (see docs/pggan.md). Expected: the paper's 1024x1024 CelebA-HQ faces.
   tpu      as gpu on a TPU: bfloat16, the whole step compiled, batch 64, 100 steps per compiled call.
@@ -59,50 +53,31 @@ def model():
   m.adam_epsilon = 1e-8
   m.reset_adam = True  # restart Adam (moments and bias correction) when a fade starts and ends, as the reference code
   m.n_critic = 1  # critic updates per generator update (with more, a step's G update sees the next step's lod)
-  m.ema_beta = 0.999  # generator EMA decay per step; sets ema_halflife_kimg for the batch (None: use that key)
   m.conditional = False  # class-conditional when the data has labels
   m.conditioning = "acgan"  # acgan (auxiliary classifier, as in the paper's CIFAR-10 runs) | projection
   m.acgan_weight = 1.0
   return m
 
 
+VARIANTS = {
+    # 5 kimg stable per resolution and 5 kimg fades (312.5 steps each at batch 16): 32x32 is faded in by step
+    # 1,875, then trained 125 steps. Gradient penalties at the level's resolution: with the reference's
+    # target-resolution convention this short schedule's critic falls behind and G collapses (docs/pggan.md).
+    "cpu": {"batch_size": 16, "model.latent_dim": 128, "model.width_base": 1024, "model.width_max": 64,
+            "model.stable_kimg": 5.0, "model.fade_kimg": 5.0, "model.gp_resolution": "level",
+            # A short run: the paper's 0.999 per step would lag ~1,000 steps behind the growing networks.
+            "ema_halflife_kimg": common.ema_halflife_kimg(0.99, 16), "ema_rampup": None,
+            "steps": 2000, "log_every": 125, "histogram_every": 0, **common.CPU, "runtime.steps_per_loop": 25},
+    "gpu": {"data": "tfrecord:/path/to/celebahq-256", "resolution": 256, "channels": 3, "flip": True,
+            "batch_size": 16, "steps": 12_000_000 // 16, "log_every": 1000, "sample_every": 10_000,
+            "checkpoint_every": 10_000, "histogram_every": 0, **common.GPU,
+            "ema_halflife_kimg": common.ema_halflife_kimg(0.999, 16), "ema_rampup": None},  # the paper's 0.999
+}
+VARIANTS["gpu1024"] = {**VARIANTS["gpu"], "data": "tfrecord:/path/to/celebahq-1024", "resolution": 1024,
+                       "steps": 15_000_000 // 16}
+VARIANTS["tpu"] = {**{k: v for k, v in VARIANTS["gpu"].items() if k != "batch_size"},  # the default batch, 64
+                   "steps": 12_000_000 // 64, **common.TPU, "ema_halflife_kimg": common.ema_halflife_kimg(0.999, 64)}
+
+
 def get_config(variant="cpu"):
-  c = common.base()
-  c.model = model()
-  if variant == "cpu":
-    c.resolution = 32
-    c.channels = 1
-    c.batch_size = 16
-    c.model.latent_dim = 128
-    c.model.width_base = 1024  # 64, 64, 64, 32 channels at 4, 8, 16, 32
-    c.model.width_max = 64
-    c.model.stable_kimg = 5.0  # 312.5 steps per stable phase and per fade
-    c.model.fade_kimg = 5.0
-    c.model.gp_resolution = "level"  # with "target", this short schedule's critic loses and G collapses
-    c.model.ema_beta = 0.99  # a short run: the paper's 0.999 would lag ~1,000 steps behind the growing networks
-    c.steps = 2000  # 32 kimg: 32x32 is faded in by step 1,875, then trained 125 steps
-    c.log_every = 125
-    c.sample_every = 500
-    c.checkpoint_every = 500
-    c.histogram_every = 0
-    c.runtime = common.runtime(strategy="cpu", precision="float32", steps_per_loop=25)
-  elif variant in ("gpu", "gpu1024", "tpu"):
-    c.data = "tfrecord:/path/to/celebahq-1024" if variant == "gpu1024" else "tfrecord:/path/to/celebahq-256"
-    c.resolution = 1024 if variant == "gpu1024" else 256
-    c.channels = 3
-    c.flip = True  # mirror augmentation
-    c.batch_size = 16
-    c.steps = (15_000_000 if variant == "gpu1024" else 12_000_000) // c.batch_size
-    c.log_every = 1000
-    c.sample_every = 10_000
-    c.checkpoint_every = 10_000
-    c.histogram_every = 0
-    if variant == "tpu":
-      c.batch_size = 64
-      c.steps = 12_000_000 // c.batch_size
-      c.runtime = common.runtime(strategy="tpu", precision="mixed_bfloat16", xla=True, steps_per_loop=100)
-    else:
-      c.runtime = common.runtime(strategy="auto", precision="mixed_float16", xla=True, steps_per_loop=50)
-  else:
-    raise ValueError(f"unknown variant {variant!r}: use cpu, gpu, gpu1024 or tpu")
-  return c
+  return common.make(model(), VARIANTS, variant, "pggan")

@@ -6,9 +6,8 @@ Run:
 
 Variants:
   cpu      the embedded digits at 32x32, batch 32, narrow networks (64 feature maps at most), 800 steps, about
-           0.63 s per step on 2 idle CPU cores (9 minutes); varied, mostly recognizable digits from about step 600.
-           Its generator upsamples by nearest-neighbour copies and ends in tanh: with the reference's filtered
-           up-convolutions and linear output it collapses to one digit at this size (docs/stylegan2.md).
+           9 minutes on 2 CPU cores. Expected: varied, mostly recognisable digits in the final EMA grid. Its
+           generator upsamples by nearest-neighbour copies and ends in tanh (docs/stylegan2.md says why).
   gpu      256x256, the paper's "paper256" settings (Karras et al. 2020, ADA, Table 3 / appendix): batch 64 over
            8 GPUs, γ = 1, lr 0.0025, 16384/512 feature maps, minibatch-stddev groups of 8, EMA half-life 20 kimg,
            ADA target 0.6, 25,000 kimg.
@@ -66,59 +65,27 @@ def model():
   return m
 
 
+VARIANTS = {
+    # Nearest-neighbour up-convolutions and tanh: with the reference's filtered ones and linear output the
+    # generator collapses to a single digit at this size (docs/stylegan2.md).
+    "cpu": {"batch_size": 32, "steps": 800, "model.z_dim": 128, "model.w_dim": 128,
+            "model.channel_base": 1024, "model.channel_max": 64,  # 32x32: 32 maps; 16x16 and below: 64
+            "model.synthesis_up": "nearest", "model.output_activation": "tanh",
+            "model.r1_gamma": 0.05,  # ADA's heuristic 0.0002 * 32² / 32 ≈ 0.006, raised for the short schedule
+            "model.lr": 0.0025,
+            "model.ada_kimg": 100.0,  # the embedded set has 4,500 digits: let p react within a short run
+            "sample_every": 200, "checkpoint_every": 400, "histogram_every": 0, **common.CPU},
+    "gpu": {"data": "folder:/path/to/images", "channels": 3, "flip": True, **common.LARGE_RUN, **common.GPU,
+            "resolution": 256, "steps": 25_000_000 // 64,  # at the default batch, 64
+            "model.channel_base": 16384,
+            "model.mbstd_group_size": 8, "model.r1_gamma": 1.0, "model.lr": 0.0025, "ema_halflife_kimg": 20.0,
+            "ema_rampup": None},
+}
+VARIANTS["gpu1024"] = {"data": "folder:/path/to/images", "channels": 3, "flip": True, **common.LARGE_RUN,
+                       **common.GPU, "resolution": 1024, "batch_size": 32, "steps": 25_000_000 // 32,
+                       "ema_rampup": None}
+VARIANTS["tpu"] = {**VARIANTS["gpu"], **common.TPU}
+
+
 def get_config(variant="cpu"):
-  c = common.base()
-  c.model = model()
-  if variant == "cpu":
-    c.resolution = 32
-    c.batch_size = 32
-    c.steps = 800
-    c.model.z_dim = c.model.w_dim = 128
-    c.model.channel_base = 1024  # 32x32: 32 maps; 16x16 and below: 64
-    c.model.channel_max = 64
-    # At this size the reference's filtered up-convolutions and linear output collapse the generator to a single
-    # digit (docs/stylegan2.md); nearest-neighbour upsampling and tanh keep it varied.
-    c.model.synthesis_up = "nearest"
-    c.model.output_activation = "tanh"
-    c.model.r1_gamma = 0.05  # ADA's heuristic 0.0002 * 32² / 32 ≈ 0.006, raised for the short schedule
-    c.model.lr = 0.0025
-    c.model.ada_kimg = 100.0  # the embedded set has 4,500 digits: let p react within a short run
-    c.ema_halflife_kimg = 10.0
-    c.ema_rampup = 0.05
-    c.log_every = 100
-    c.sample_every = 200
-    c.checkpoint_every = 400
-    c.histogram_every = 0
-    c.sample_grid = 64
-    c.runtime = common.runtime(strategy="cpu", precision="float32", steps_per_loop=10)
-  elif variant in ("gpu", "gpu1024", "tpu"):
-    c.data = "folder:/path/to/images"
-    c.channels = 3
-    c.flip = True
-    c.log_every = 500
-    c.sample_every = 5000
-    c.checkpoint_every = 5000
-    if variant == "gpu1024":
-      c.resolution = 1024
-      c.batch_size = 32
-      c.steps = 25_000_000 // 32
-      c.ema_halflife_kimg = 10.0
-      c.ema_rampup = None
-    else:
-      c.resolution = 256
-      c.batch_size = 64
-      c.steps = 25_000_000 // 64
-      c.model.channel_base = 16384
-      c.model.mbstd_group_size = 8
-      c.model.r1_gamma = 1.0
-      c.model.lr = 0.0025
-      c.ema_halflife_kimg = 20.0
-      c.ema_rampup = None
-    if variant == "tpu":
-      c.histogram_every = 0  # histograms move every weight and gradient to the host
-      c.runtime = common.runtime(strategy="tpu", precision="mixed_bfloat16", xla=True, steps_per_loop=100)
-    else:
-      c.runtime = common.runtime(strategy="auto", precision="mixed_float16", xla=True, steps_per_loop=50)
-  else:
-    raise ValueError(f"unknown variant {variant!r}: use cpu, gpu, gpu1024 or tpu")
-  return c
+  return common.make(model(), VARIANTS, variant, "stylegan2")

@@ -152,14 +152,12 @@ class DiffusionModel(base.GenerativeModel):
   shape_keys = ("channels", "channel_mults", "num_blocks", "attention_resolutions", "conditional",
                 "noise_embedding", "scale_shift", "patch_size")
 
-  def __init__(self, config, info, compute_dtype):
+  def __init__(self, config, info, hardware):
     super().__init__(name=config.model.name)
     m = config.model
-    require(not m.conditional or info.num_classes > 0,
-            f"--config.model.conditional=true but {info.spec} has no labels; set it to false")
     self.config = m
     self.formulation = build_formulation(m)
-    self.num_classes = int(info.num_classes) if m.conditional else 0
+    self.num_classes = base.conditional_classes(m, info)
     self.label_dropout = float(m.label_dropout)
     height, width = parse_resolution(config.resolution)
     self.image_shape = (height, width, int(config.channels))
@@ -170,11 +168,10 @@ class DiffusionModel(base.GenerativeModel):
         attention_resolutions=parse_ints(m.attention_resolutions, "attention_resolutions"),
         dropout_rate=float(m.dropout), num_classes=self.num_classes, noise_embedding=m.noise_embedding,
         fourier_scale=float(m.fourier_scale), num_heads=int(m.num_heads), scale_shift=bool(m.scale_shift),
-        skip_scale=float(m.skip_scale), patch_size=int(m.patch_size), dtype=compute_dtype)
+        skip_scale=float(m.skip_scale), patch_size=int(m.patch_size), dtype=hardware.compute_dtype)
     self.network = unet.UNet(keys=layers.Keys(config.seed), **network_args)
-    ema_keys = layers.Keys(config.seed)  # same shapes; the values are overwritten by the copy
-    self.network_ema, self.ema_pairs = base.build_ema_copy(lambda: unet.UNet(keys=ema_keys, **network_args),
-                                                           self.network)
+    self.network_ema, self.ema_pairs = base.ema_copy(lambda k: unet.UNet(keys=k, **network_args), self.network,
+                                                     config.seed)
     warmup_steps = float(m.lr_warmup_kimg) * 1000.0 / int(config.batch_size)
     self.optimizers = {"net": keras.optimizers.Adam(
         learning_rate=WarmupLearningRate(float(m.lr), warmup_steps), beta_1=float(m.beta1), beta_2=float(m.beta2),
@@ -194,7 +191,8 @@ class DiffusionModel(base.GenerativeModel):
     per_example, sigma = self.formulation.loss(self.network, x0, labels, rng)
     return per_example, formulations.bucket_metrics(per_example, sigma)
 
-  def phases(self):
+  def phases(self, stage):
+    del stage  # one stage
     return [base.Phase("diffusion", "net", self.network.trainable_variables, self.loss)]
 
   # ---- sampling (runs per replica)

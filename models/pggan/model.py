@@ -7,8 +7,8 @@ after every step ``update_state`` sets it to the closed-form schedule value for 
 
 Stages (``base.Stage``): every stable level and every fade is a stage of the training loop, keyed (level,
 fading). The loop feeds real images at the stage's resolution with the stage's batch (``batch_by_resolution``)
-and traces the step once per stage, so inside the step the level is a Python int: the graph holds only that
-level's layers, and the loop differentiates the losses directly. During a fade, alpha comes from the ``lod``
+and traces the step once per stage from ``phases(stage)``, whose losses are bound to the stage's level, a Python
+int: the graph holds only that level's layers, and the loop differentiates the losses directly. During a fade, alpha comes from the ``lod``
 variable (not from the trace), and the reals are cross-faded with their 2x average-pooled and upsampled version.
 Gradient penalties are measured with respect to the target-resolution image, as in the reference implementation
 (where the networks' inputs and outputs are always at the target size): this level's norm / 2^(levels - level).
@@ -18,15 +18,14 @@ Losses (``model.loss``):
   nonsaturating  the non-saturating logistic game, with an optional R1 penalty (``r1_gamma``).
 Optimiser: Adam(lr 0.001, β1 = 0, β2 = 0.99, ε = 1e-8) for both networks, with an optional learning rate per
 resolution (``lr_by_resolution``, the resolution the networks run at), restarted when a fade starts and ends as
-in the reference code (``reset_adam``). Generator EMA: β = 0.999 per step
-(``ema_beta``, the decay per step at ``batch_size``; it sets the loop's ``ema_halflife_kimg``, so stages with
-another batch keep the same half-life in images).
+in the reference code (``reset_adam``). The generator EMA is the loop's (``ema_halflife_kimg``); the config files
+set the half-life that gives the paper's β = 0.999 per step at their batch size.
 Class conditioning (``conditional``): the label is appended to z as a one-hot vector, and the discriminator either
 has an auxiliary classifier output (``acgan``, as in the paper's CIFAR-10 runs; cross-entropy on real and fake
 labels, weight ``acgan_weight``) or a projection term (``projection``).
 """
 
-import math
+import functools
 
 import keras
 import tensorflow as tf
@@ -88,7 +87,7 @@ def parse_batch_by_resolution(text, target, group):
 
 
 def resolve(config):
-  """Checks the model section and sets the EMA half-life for β = ema_beta. Raises UserError."""
+  """Checks the model section. Raises UserError."""
   m = config.model
   require(m.loss in LOSSES, f"unknown --config.model.loss={m.loss!r}: choose one of {', '.join(LOSSES)}")
   require(m.get("gp_resolution", "target") in GP_RESOLUTIONS,
@@ -113,12 +112,6 @@ def resolve(config):
   require(float(m.lr) > 0, f"--config.model.lr={m.lr} must be positive")
   parse_lr_by_resolution(m.lr_by_resolution, height)
   parse_batch_by_resolution(m.get("batch_by_resolution"), height, group)
-  if m.get("ema_beta") is not None:
-    beta = float(m.ema_beta)
-    require(0.0 < beta < 1.0, f"--config.model.ema_beta={beta} must be in (0, 1), or None to use ema_halflife_kimg")
-    # β per step = 0.5^(batch / half-life): the loop's EMA rule, with the ramp-up off.
-    config.ema_halflife_kimg = int(config.batch_size) * math.log(0.5) / math.log(beta) / 1000.0
-    config.ema_rampup = None
   return config
 
 
@@ -195,14 +188,13 @@ class ProgressiveGAN(base.GenerativeModel):
 
   shape_keys = ("latent_dim", "width_base", "width_max", "conditional", "conditioning")
 
-  def __init__(self, config, info, compute_dtype):
+  def __init__(self, config, info, hardware):
     super().__init__(name="pggan")
     m = config.model
+    compute_dtype = hardware.compute_dtype
     self.loss_kind = m.loss
     self.latent_dim = int(m.latent_dim)
-    require(not m.conditional or info.num_classes > 0,
-            f"--config.model.conditional=true but {info.spec} has no labels; set it to false")
-    self.num_classes = info.num_classes if m.conditional else 0
+    self.num_classes = base.conditional_classes(m, info)
     self.conditioning = m.conditioning if self.num_classes else None
     resolution = parse_resolution(config.resolution)[0]
     self.resolution = resolution
@@ -210,7 +202,6 @@ class ProgressiveGAN(base.GenerativeModel):
     self.levels = self.growth.levels
     batches = parse_batch_by_resolution(m.get("batch_by_resolution"), resolution, int(m.mbstd_group))
     self.batch_by_level = [batches.get(4 * 2**level, int(config.batch_size)) for level in range(self.levels + 1)]
-    self.enter_stage(self.stage(0))  # the loop enters the stage of each step before tracing it
     self.gp_weight = float(m.gp_weight)
     self.gp_resolution = m.get("gp_resolution", "target")
     self.drift = float(m.drift)
@@ -223,14 +214,12 @@ class ProgressiveGAN(base.GenerativeModel):
     self.generator = networks.Generator(*g_args, keys, compute_dtype)
     self.discriminator = networks.Discriminator(m, resolution, int(config.channels), self.num_classes,
                                                 self.conditioning, keys, compute_dtype)
-    ema_keys = layers.Keys(config.seed)  # same shapes; values are overwritten by the copy
-    self.generator_ema, self.ema_pairs = base.build_ema_copy(
-        lambda: networks.Generator(*g_args, ema_keys, compute_dtype), self.generator)
+    self.generator_ema, self.ema_pairs = base.ema_copy(lambda k: networks.Generator(*g_args, k, compute_dtype),
+                                                       self.generator, config.seed)
 
-    state = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    self.lod = tf.Variable(self.growth.lod(0), name="lod", **state)
+    self.lod = base.state_variable(self.growth.lod(0), "lod")
     self.reset_adam = bool(m.reset_adam)
-    self.adam_restarted_at = {name: tf.Variable(0, dtype=tf.int64, name=f"adam_restarted_at_{name}", **state)
+    self.adam_restarted_at = {name: base.state_variable(0, f"adam_restarted_at_{name}", tf.int64)
                               for name in ("g", "d")}
     table = parse_lr_by_resolution(m.lr_by_resolution, resolution)
     rates = [table.get(4 * 2**level, float(m.lr)) for level in range(self.levels + 1)]
@@ -249,25 +238,23 @@ class ProgressiveGAN(base.GenerativeModel):
                       resolution=resolution, global_batch=self.batch_by_level[level],
                       end_nimg=self.growth.stage_end(nimg))
 
-  def enter_stage(self, stage):
-    self.level, self.fading = stage.key
-
-  def _alpha(self):
-    """The fade weight of the current stage's new block: from ``lod`` during a fade (so a resume continues it),
-    the constant 1.0 at a stable level (the networks then skip the old path)."""
-    if not self.fading:
+  def _alpha(self, level, fading):
+    """The fade weight of the stage's new block: from ``lod`` during a fade (so a resume continues it), the
+    constant 1.0 at a stable level (the networks then skip the old path)."""
+    if not fading:
       return 1.0
-    return tf.clip_by_value(float(self.levels - self.level + 1) - tf.convert_to_tensor(self.lod), 0.0, 1.0)
+    return tf.clip_by_value(float(self.levels - level + 1) - tf.convert_to_tensor(self.lod), 0.0, 1.0)
 
   @_plain_python
-  def update_state(self, step, nimg, metrics):
+  def update_state(self, stage, step, nimg, metrics):
     """Sets lod for the next step: the schedule at the images seen once this step's batch is counted.
 
     When lod crosses an integer (a fade starts or ends) and ``reset_adam`` is on, both optimizers restart.
     """
     del step, metrics
+    level, _ = stage.key
     old = tf.convert_to_tensor(self.lod)
-    new = self.growth.lod(tf.convert_to_tensor(nimg) + self.batch_by_level[self.level])
+    new = self.growth.lod(tf.convert_to_tensor(nimg) + self.batch_by_level[level])
     self.lod.assign(new)
     if not self.reset_adam:
       return
@@ -276,7 +263,7 @@ class ProgressiveGAN(base.GenerativeModel):
 
     def restart():
       for optimizer in self.optimizers.values():
-        getattr(optimizer, "inner_optimizer", optimizer).restart()
+        optimizer.restart()
       return tf.constant(True)
 
     tf.cond(crossed, restart, lambda: tf.constant(False))
@@ -314,23 +301,24 @@ class ProgressiveGAN(base.GenerativeModel):
     norm = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + 1e-12)
     return norm / float(2**(self.levels - level)) if self.gp_resolution == "target" else norm
 
-  def _reals(self, batch):
+  def _reals(self, batch, level, fading):
     """The batch's real images (at the stage's resolution), cross-faded during a fade."""
     images = tf.cast(batch["image"], tf.float32)
-    size = 4 * 2**self.level
+    size = 4 * 2**level
     if tuple(images.shape[1:3]) != (size, size):
-      raise ValueError(f"the {size}x{size} stage got {images.shape[1]}x{images.shape[2]} images: build the input "
-                       "for the current stage (Trainer.dataset)")
-    return networks.fade_reals(images, self._alpha()) if self.fading else images
+      raise ValueError(f"the {size}x{size} stage got {images.shape[1]}x{images.shape[2]} images: the input must "
+                       "be built for the stage being trained")
+    return networks.fade_reals(images, self._alpha(level, fading)) if fading else images
 
   @_plain_python
-  def discriminator_loss(self, batch, rng):
-    level, alpha = self.level, self._alpha()
+  def discriminator_loss(self, batch, rng, level, fading):
+    """The critic's per-example loss at ``level`` (a fade when ``fading``)."""
+    alpha = self._alpha(level, fading)
     labels = batch.get("label") if self.num_classes else None
     fake_labels = self._fake_labels(rng, "d/label")
     latent = self.generator.latent(rng.normal([self.latent_dim], "d/z"), fake_labels)
     mix = tf.reshape(rng.uniform([], "d/gp_eps"), [-1, 1, 1, 1])
-    real = self._reals(batch)
+    real = self._reals(batch, level, fading)
     fake = self.generator.image_at(latent, level, alpha)
     real_score, real_logits = self._critic_at(real, labels, level, alpha)
     fake_score, fake_logits = self._critic_at(fake, fake_labels, level, alpha)
@@ -355,12 +343,14 @@ class ProgressiveGAN(base.GenerativeModel):
     return loss, metrics
 
   @_plain_python
-  def generator_loss(self, batch, rng):
+  def generator_loss(self, batch, rng, level, fading):
+    """The generator's per-example loss at ``level`` (a fade when ``fading``)."""
     del batch
+    alpha = self._alpha(level, fading)
     fake_labels = self._fake_labels(rng, "g/label")
     latent = self.generator.latent(rng.normal([self.latent_dim], "g/z"), fake_labels)
-    fake = self.generator.image_at(latent, self.level, self._alpha())
-    score, logits = self._critic_at(fake, fake_labels, self.level, self._alpha())
+    fake = self.generator.image_at(latent, level, alpha)
+    score, logits = self._critic_at(fake, fake_labels, level, alpha)
     loss = losses.generator_loss("wgan-gp" if self.loss_kind == "wgan-gp" else "nonsaturating", score)
     metrics = {}
     if self.conditioning == "acgan":
@@ -369,12 +359,15 @@ class ProgressiveGAN(base.GenerativeModel):
       loss += self.acgan_weight * ac
     return loss, metrics
 
-  def phases(self):
-    """The current stage's phases: each updates only the layers its level (and fade) uses."""
+  def phases(self, stage):
+    """The stage's phases: each updates only the layers its level (and fade) uses."""
+    level, fading = stage.key
+    at_stage = dict(level=level, fading=fading)
     return [
-        base.Phase("D", "d", self.discriminator.variables_at(self.level, self.fading), self.discriminator_loss),
-        base.Phase("G", "g", self.generator.variables_at(self.level, self.fading), self.generator_loss,
-                   interval=self.n_critic),
+        base.Phase("D", "d", self.discriminator.variables_at(level, fading),
+                   functools.partial(self.discriminator_loss, **at_stage)),
+        base.Phase("G", "g", self.generator.variables_at(level, fading),
+                   functools.partial(self.generator_loss, **at_stage), interval=self.n_critic),
     ]
 
   # ---- sampling

@@ -1,5 +1,6 @@
 """StyleGAN2 with adaptive discriminator augmentation (Karras et al. 2020a, 2020b), in plain TensorFlow ops.
 
+  draws.py     one random draw per phase; R1 and path-length gradients
   ops.py       low-pass up/down-sampling, bias + activation + clamp, modulated convolution (scaled or grouped),
                minibatch standard deviation
   networks.py  mapping network, skip generator, residual discriminator

@@ -21,6 +21,7 @@ Sampling (``generate``) takes ``truncation`` (ψ), ``mix_seed``/``mix_layer`` (s
 """
 
 import keras
+import ml_collections
 import tensorflow as tf
 
 from genscale import random as random_lib
@@ -32,6 +33,7 @@ from models import losses
 from models.stylegan2 import augment as augment_lib
 from models.stylegan2 import networks
 from models.stylegan2 import ops
+from models.stylegan2.draws import PhaseDraws, path_lengths, r1_penalty_and_logits
 
 AUGMENT_MODES = ("ada", "fixed", "none")
 SAMPLING_OPTIONS = ("truncation", "mix_seed", "mix_layer", "interpolate")
@@ -48,11 +50,6 @@ def resolve(config):
   require_choice(m.filter_impl, ("auto",) + ops.FILTER_IMPLS, "--config.model.filter_impl")
   require_choice(m.synthesis_up, networks.SYNTHESIS_UP, "--config.model.synthesis_up")
   require_choice(m.output_activation, networks.OUTPUT_ACTIVATIONS, "--config.model.output_activation")
-  if m.filter_impl == "auto":
-    m.filter_impl = ops.filter_impl_for(config.runtime.xla or config.runtime.strategy == "tpu")
-  require(not (m.modconv == "grouped" and config.runtime.strategy == "cpu" and not config.runtime.xla),
-          "--config.model.modconv=grouped trains on a CPU only with --config.runtime.xla=true (TensorFlow has no "
-          "CPU gradient for grouped convolutions); or use --config.model.modconv=scaled")
   for key in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group_size",
               "mbstd_channels", "r1_interval", "pl_interval", "ada_interval"):
     require(int(m[key]) >= 1, f"--config.model.{key}={m[key]} must be at least 1")
@@ -70,12 +67,6 @@ def resolve(config):
   require(0.0 <= float(m.ada_target) <= 1.0, f"--config.model.ada_target={m.ada_target} must be in [0, 1]")
   require(float(m.ada_kimg) > 0, f"--config.model.ada_kimg={m.ada_kimg} must be positive")
   augment_lib.parse_ops(m.augment_ops)
-  if config.runtime.strategy == "cpu":
-    per_replica = int(config.batch_size) // max(int(config.runtime.cpu_replicas), 1)
-    group = min(int(m.mbstd_group_size), max(per_replica, 1))
-    require(per_replica % group == 0,
-            f"--config.batch_size={config.batch_size} gives {per_replica} examples per replica, not a multiple of "
-            f"--config.model.mbstd_group_size={m.mbstd_group_size}")
   return config
 
 
@@ -84,90 +75,6 @@ def _adam(m, interval, lazy):
   c = interval / (interval + 1.0) if lazy else 1.0
   return keras.optimizers.Adam(learning_rate=float(m.lr) * c, beta_1=float(m.beta1)**c, beta_2=float(m.beta2)**c,
                                epsilon=float(m.epsilon))
-
-
-def r1_penalty_and_logits(critic, images):
-  """(||∇x critic(x)||² per example, critic(x)), float32. The logits come from the same forward pass."""
-  with tf.GradientTape() as tape:
-    tape.watch(images)
-    logits = tf.cast(critic(images), tf.float32)
-    total = tf.reduce_sum(logits)
-  grads = tf.cast(tape.gradient(total, images), tf.float32)
-  return tf.reduce_sum(tf.square(grads), axis=list(range(1, len(images.shape)))), logits
-
-
-def path_lengths(synthesis, ws, projection):
-  """||J_w^T y|| per example (StyleGAN2 eq. 4), averaged over the layers of w like the reference.
-
-  Args:
-    synthesis: ws [b, num_ws, w_dim] -> images [b, H, W, C].
-    ws: float32 [b, num_ws, w_dim].
-    projection: y, float32 [b, H, W, C], normal noise divided by sqrt(H W).
-  Returns:
-    (lengths [b], images).
-  """
-  with tf.GradientTape() as tape:
-    tape.watch(ws)
-    images = tf.cast(synthesis(ws), tf.float32)
-    total = tf.reduce_sum(images * projection)
-  grads = tf.cast(tape.gradient(total, ws), tf.float32)
-  return tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=2), axis=1)), images
-
-
-class PhaseDraws:
-  """Every per-example random value of one phase, from a single uniform draw of this replica's rows.
-
-  A counter-based draw is a few hundred graph nodes, and the step's graph is traced for every phase, so a phase
-  makes one draw: uniform values are columns of it, normal values come from pairs of columns (Box-Muller).
-  ``draws[name]`` is [b, *shape].
-
-  Args:
-    rng: the phase's BatchRng.
-    stream: the draw's stream name.
-    uniform, normal: {name: per-example shape}.
-  """
-
-  def __init__(self, rng, stream, uniform, normal):
-    self.batch = rng.per_replica_batch
-    sizes = [_size(shape) for shape in uniform.values()] + [2 * _size(shape) for shape in normal.values()]
-    self.values = {}
-    if not sizes:  # e.g. the R1 phase without augmentation draws nothing
-      return
-    parts = tf.split(rng.uniform([sum(sizes)], stream), sizes, axis=1)
-    for (name, shape), part in zip(uniform.items(), parts[:len(uniform)]):
-      self.values[name] = tf.reshape(part, [-1, *shape])
-    for (name, shape), part in zip(normal.items(), parts[len(uniform):]):
-      u1, u2 = tf.split(part, 2, axis=1)
-      self.values[name] = tf.reshape(augment_lib.box_muller(u1, u2), [-1, *shape])
-
-  def __getitem__(self, name):
-    return self.values[name]
-
-  def first_copy(self, name):
-    """A view whose ``name`` holds only the first of its copies (axis 1), e.g. the augmentation of the reals."""
-    return _View(self, name, 0)
-
-  def second_copy(self, name):
-    return _View(self, name, 1)
-
-
-class _View:
-
-  def __init__(self, draws, name, index):
-    self.batch = draws.batch
-    self.values = dict(draws.values)
-    if name in self.values:
-      self.values[name] = self.values[name][:, index:index + 1]
-
-  def __getitem__(self, name):
-    return self.values[name]
-
-
-def _size(shape):
-  size = 1
-  for s in shape:
-    size *= int(s)
-  return size
 
 
 def truncate(ws, w_avg, psi):
@@ -180,17 +87,30 @@ class StyleGAN2(base.GenerativeModel):
 
   shape_keys = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "conditional")
 
-  def __init__(self, config, info, compute_dtype):
-    super().__init__(name="stylegan2")
+  @classmethod
+  def check_hardware(cls, config, hardware):
     m = config.model
+    require(not (m.modconv == "grouped" and hardware.device == "cpu" and not hardware.xla),
+            "--config.model.modconv=grouped trains on a CPU only with XLA on (runtime.xla=true: TensorFlow has no "
+            "CPU gradient for grouped convolutions without it); or use --config.model.modconv=scaled")
+    per_replica = int(config.batch_size) // hardware.replicas
+    group = min(int(m.mbstd_group_size), max(per_replica, 1))
+    require(per_replica % group == 0,
+            f"--config.batch_size={config.batch_size} gives {per_replica} examples per replica on "
+            f"{hardware.replicas} replicas, not a multiple of --config.model.mbstd_group_size={m.mbstd_group_size}")
+
+  def __init__(self, config, info, hardware):
+    super().__init__(name="stylegan2")
+    m = ml_collections.ConfigDict(config.model.to_dict())  # a private copy: "auto" settings resolved below
+    if m.filter_impl == "auto":
+      m.filter_impl = ops.filter_impl_for(hardware.xla or hardware.device == "tpu")
+    compute_dtype = hardware.compute_dtype
     self.config = m
     self.seed = int(config.seed)
     self.global_batch = int(config.batch_size)
     self.resolution = parse_resolution(config.resolution)[0]
     self.channels = int(config.channels)
-    self.num_classes = info.num_classes if m.conditional else 0
-    require(not m.conditional or info.num_classes > 0,
-            f"--config.model.conditional=true but {info.spec} has no labels; set it to false")
+    self.num_classes = base.conditional_classes(m, info)
     self.z_dim, self.w_dim = int(m.z_dim), int(m.w_dim)
     self.style_mixing = float(m.style_mixing)
     self.r1_gamma, self.r1_interval = float(m.r1_gamma), int(m.r1_interval)
@@ -205,22 +125,20 @@ class StyleGAN2(base.GenerativeModel):
     keys = layers.Keys(self.seed)
     self.generator = networks.Generator(*args, keys, compute_dtype)
     self.discriminator = networks.Discriminator(*args, keys, compute_dtype)
-    ema_keys = layers.Keys(self.seed)  # same shapes; the values are overwritten by the copy
-    self.generator_ema, self.ema_pairs = base.build_ema_copy(
-        lambda: networks.Generator(*args, ema_keys, compute_dtype), self.generator)
+    self.generator_ema, self.ema_pairs = base.ema_copy(lambda k: networks.Generator(*args, k, compute_dtype),
+                                                       self.generator, self.seed)
     self.num_ws = self.generator.num_ws
     self.lazy_r1 = self.r1_gamma > 0 and self.r1_interval > 1
     self.lazy_pl = self.pl_weight > 0 and self.pl_interval > 1
     self.optimizers = {"g": _adam(m, self.pl_interval, self.lazy_pl), "d": _adam(m, self.r1_interval, self.lazy_r1)}
 
     # State set by update_state (cross-replica context) and read by the phases: checkpointed with the model.
-    state = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    self.augment_p = tf.Variable(float(m.augment_p), name="augment_p", **state)
-    self.ada_sign_sum = tf.Variable(0.0, name="ada_sign_sum", **state)
-    self.ada_steps = tf.Variable(0, dtype=tf.int64, name="ada_steps", **state)
-    self.ada_r_t = tf.Variable(0.0, name="ada_r_t", **state)
-    self.pl_mean = tf.Variable(0.0, name="pl_mean", **state)
-    self.w_avg = tf.Variable(tf.zeros([self.w_dim]), name="w_avg", **state)
+    self.augment_p = base.state_variable(float(m.augment_p), "augment_p")
+    self.ada_sign_sum = base.state_variable(0.0, "ada_sign_sum")
+    self.ada_steps = base.state_variable(0, "ada_steps", tf.int64)
+    self.ada_r_t = base.state_variable(0.0, "ada_r_t")
+    self.pl_mean = base.state_variable(0.0, "pl_mean")
+    self.w_avg = base.state_variable(tf.zeros([self.w_dim]), "w_avg")
 
   # ---- pieces shared by the phases (run per replica)
 
@@ -343,7 +261,8 @@ class StyleGAN2(base.GenerativeModel):
     loss = penalty * (self.pl_weight * interval) + 0.0 * images[:, 0, 0, 0]
     return loss, {"G_reg/path_length": lengths, "G_reg/penalty": penalty}
 
-  def phases(self):
+  def phases(self, stage):
+    del stage  # one stage
     d_vars, g_vars = self.discriminator.trainable_variables, self.generator.trainable_variables
     phases = [base.Phase("D", "d", d_vars, self.discriminator_loss)]
     if self.lazy_r1:
@@ -356,8 +275,8 @@ class StyleGAN2(base.GenerativeModel):
 
   # ---- global state (cross-replica context, between phases)
 
-  def update_state(self, step, nimg, metrics):
-    del nimg
+  def update_state(self, stage, step, nimg, metrics):
+    del stage, nimg
     if "D/real_sign" in metrics and self.augment_mode == "ada":
       total = self.ada_sign_sum + metrics["D/real_sign"]
       count = self.ada_steps + 1

@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.evaluator import EvalSettings, Evaluator, parse_metrics
 from genscale.errors import UserError
-from launch import loop
+from launch import rundir
 from launch import runtime as runtime_lib
 import models
 import pipelines
@@ -46,11 +46,11 @@ def test_settings_come_from_the_config_and_arguments_override_them(tiny_dcgan):
 
 
 def _evaluator(config, workdir):
-  config = loop.prepare_config(config)
+  config = rundir.prepare_config(config)
   runtime = runtime_lib.create(config.runtime)
   info = pipelines.open_source(config.data).info
   with runtime.strategy.scope():
-    model = models.build(config, info, runtime.compute_dtype)
+    model = models.build(config, info, runtime.hardware)
   return Evaluator(runtime, model, config, info, workdir, progress=False, kid_subsets=10)
 
 
@@ -87,7 +87,7 @@ def test_a_data_source_scored_against_itself_has_no_distance(tiny_dcgan, tmp_pat
   config = tiny_dcgan
   config.eval_data = "embedded:mnist:test"
   config.eval_metrics = "fid,pr"
-  evaluator = Evaluator(runtime_lib.create(loop.prepare_config(config).runtime), None, config,
+  evaluator = Evaluator(runtime_lib.create(rundir.prepare_config(config).runtime), None, config,
                         pipelines.open_source(config.data).info, None, progress=False)
   scores = evaluator.evaluate_source("embedded:mnist:test")
   assert scores["eval/fid_classifier"] == pytest.approx(0.0, abs=1e-6)

@@ -8,7 +8,7 @@ import tensorflow as tf
 from evaluation import extractors
 from evaluation.features import FeatureRunner
 from evaluation.stats import FeatureStats
-from launch import loop
+from launch import rundir
 from launch import runtime as runtime_lib
 from launch.configs import common
 from launch.sampling import Sampler
@@ -31,10 +31,10 @@ def _generator(runtime, tiny_dcgan):
   # Layer norm in G: batch norm would normalise over each replica's rows, which differ with the replica count.
   config = tiny_dcgan
   config.model.g_norm = "layer"
-  config = loop.prepare_config(config)
+  config = rundir.prepare_config(config)
   info = pipelines.DataInfo(spec="embedded:mnist", count=4500, resolution=32, channels=1, num_classes=10)
   with runtime.strategy.scope():
-    return models.build(config, info, runtime.compute_dtype)
+    return models.build(config, info, runtime.hardware)
 
 
 def _model_stats(replicas, tiny_dcgan, num=40, xla=False):

@@ -1,5 +1,5 @@
-"""Evaluation during training: settings checked up front, the cost reported, and (with the loop's hook) the scores
-at the due steps in metrics.jsonl, TensorBoard and the log."""
+"""Evaluation during training: settings checked up front, the cost reported, and the scores at the due steps in
+metrics.jsonl, TensorBoard and the log."""
 
 import glob
 import json
@@ -11,12 +11,12 @@ import tensorflow as tf
 
 from evaluation import periodic
 from genscale.errors import UserError
+from launch import actions
 from launch import loop
+from launch import rundir
 from launch import runtime as runtime_lib
 import models
 import pipelines
-
-_LOOP_HOOK = hasattr(loop, "periodic_eval")
 
 
 @pytest.fixture(autouse=True)
@@ -45,15 +45,16 @@ def test_bad_evaluation_settings_are_refused_before_training(tiny_dcgan):
 
 
 def test_an_evaluation_reports_its_scores_and_its_share_of_the_time(tiny_dcgan):
-  config = loop.prepare_config(_eval_config(tiny_dcgan, eval_every=5))
+  config = rundir.prepare_config(_eval_config(tiny_dcgan, eval_every=5))
   runtime = runtime_lib.create(config.runtime)
   info = pipelines.open_source(config.data).info
   with runtime.strategy.scope():
-    model = models.build(config, info, runtime.compute_dtype)
+    model = models.build(config, info, runtime.hardware)
   times = iter([100.0, 130.0, 136.0, 136.0])  # built at 100 s; the evaluation runs from 130 s to 136 s
   printed = []
   evaluation = periodic.PeriodicEvaluation(config, runtime, model, info, None, printed.append, lambda: next(times))
-  assert [s for s in range(1, 13) if evaluation.due(s, 12)] == [5, 10, 12]
+  action = actions.Evaluate(12, evaluation, monitor=None)  # how the loop runs it
+  assert [s for s in range(1, 13) if action.due(s)] == [5, 10, 12]
   scalars = evaluation(5)
   assert scalars["perf/eval_sec"] == 6.0 and scalars["perf/eval_fraction"] == pytest.approx(6 / 36)
   assert scalars["eval/fid_classifier"] > 0
@@ -70,7 +71,6 @@ def _events(workdir):
   return found
 
 
-@pytest.mark.skipif(not _LOOP_HOOK, reason="needs the launch/loop.py evaluation hook (docs/evaluation.md)")
 def test_training_evaluates_at_the_due_steps(tiny_dcgan, tmp_path, capsys):
   config = _eval_config(tiny_dcgan, eval_every=2)
   config.update(steps=4, log_every=2, sample_every=4, checkpoint_every=4, sample_grid=4, histogram_every=0)

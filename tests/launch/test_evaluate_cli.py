@@ -11,14 +11,15 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from evaluation import command
 from evaluation.evaluator import EvalSettings
 from evaluation.features import FeatureRunner
 from genscale.errors import UserError
 from launch import checkpoints
-from launch import loop
+from launch import rundir
 from launch import runtime as runtime_lib
+from launch import scoring as command
 from launch.configs import dcgan
+from launch.trainer import Trainer
 import pipelines
 from tests.conftest import error_lines, run_module
 
@@ -46,13 +47,13 @@ def _train_dcgan(workdir, steps=4):
   config = dcgan.get_config("cpu")
   config.model.update(g_width=8, d_width=8, latent_dim=16, g_norm="layer")  # layer norm: replica-count invariant
   config.update(steps=steps, batch_size=16)
-  config = loop.prepare_config(config)
+  config = rundir.prepare_config(config)
   runtime = runtime_lib.create(config.runtime)
   source = pipelines.open_source(config.data)
-  trainer = loop.Trainer(config, runtime, source.info)
-  _, finite = trainer.run(iter(trainer.dataset(source, 0)), steps)
+  trainer = Trainer(config, runtime, source)
+  finite = trainer.run(steps).finite
   assert finite and int(trainer.step.numpy()) == steps
-  loop.write_config(config, source.info, workdir)
+  rundir.write_config(config, source.info, workdir)
   store = checkpoints.Store(workdir, trainer.checkpoint, asynchronous=False)
   store.save(steps)
   store.close()

@@ -30,11 +30,12 @@ def _reset_keras_policy():
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_one_sgd_step_matches_the_closed_form(replicas):
   config = toy_model.config()
-  trainer, ds, source = _trainer(config, cpu_replicas=replicas)
+  trainer = _trainer(config, cpu_replicas=replicas)
   m0 = trainer.model.m.numpy()
-  metrics, finite = trainer.run(iter(ds), 1)
+  result = trainer.run(1)
+  metrics, finite = result.values(), result.finite
   assert finite
-  x = _first_global_batch(source, config)
+  x = _first_global_batch(trainer.source, config)
   pixels = m0.size
   expected = m0 - 0.5 * 2.0 * (m0 - x.mean(axis=0)) / pixels
   np.testing.assert_allclose(trainer.model.m.numpy(), expected, rtol=1e-6, atol=1e-7)
@@ -48,9 +49,9 @@ def test_one_sgd_step_matches_the_closed_form(replicas):
 
 def test_ema_follows_the_halflife_rule():
   config = toy_model.config(ema_halflife_kimg=0.004, ema_rampup=None)  # half-life 4 images = half a step
-  trainer, ds, _ = _trainer(config)
+  trainer = _trainer(config)
   ema0 = trainer.model.ema.m.numpy()
-  trainer.run(iter(ds), 1)
+  trainer.run(1)
   beta = 0.5**(8 / 4.0)
   expected = trainer.model.m.numpy() + (ema0 - trainer.model.m.numpy()) * beta
   np.testing.assert_allclose(trainer.model.ema.m.numpy(), expected, rtol=1e-6)
@@ -58,8 +59,8 @@ def test_ema_follows_the_halflife_rule():
 
 def test_ema_rampup_limits_the_halflife_early():
   config = toy_model.config(ema_halflife_kimg=10.0, ema_rampup=0.5)
-  trainer, ds, _ = _trainer(config)
-  trainer.run(iter(ds), 3)  # nimg = 24, half-life min(10000, 12) images
+  trainer = _trainer(config)
+  trainer.run(3)  # nimg = 24, half-life min(10000, 12) images
   assert float(trainer.ema_beta().numpy()) == pytest.approx(0.5**(8 / 12.0), rel=1e-6)
 
 
@@ -78,9 +79,9 @@ def test_one_device_and_mirrored_reach_the_same_weights(tiny_dcgan):
   config = _replica_invariant_dcgan(tiny_dcgan)
   results = []
   for replicas in (1, 2):
-    trainer, ds, _ = _trainer(config, cpu_replicas=replicas)
+    trainer = _trainer(config, cpu_replicas=replicas)
     assert trainer.runtime.num_replicas == replicas
-    trainer.run(iter(ds), 2)
+    trainer.run(2)
     results.append(_weights(trainer))
   for name, value in results[0].items():
     np.testing.assert_allclose(results[1][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -90,8 +91,8 @@ def test_xla_and_no_xla_agree(tiny_dcgan):
   config = _replica_invariant_dcgan(tiny_dcgan)
   results = []
   for xla in (False, True):
-    trainer, ds, _ = _trainer(config, xla=xla)
-    metrics, _ = trainer.run(iter(ds), 2)
+    trainer = _trainer(config, xla=xla)
+    metrics = trainer.run(2).values()
     results.append((_weights(trainer), metrics))
   for name, value in results[0][0].items():
     np.testing.assert_allclose(results[1][0][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -101,17 +102,19 @@ def test_xla_and_no_xla_agree(tiny_dcgan):
 
 
 def test_xla_under_mirrored_trains(tiny_dcgan):
-  trainer, ds, _ = _trainer(tiny_dcgan, xla=True, cpu_replicas=2, steps_per_loop=2)
-  metrics, finite = trainer.run(iter(ds), 3)
+  trainer = _trainer(tiny_dcgan, xla=True, cpu_replicas=2, steps_per_loop=2)
+  result = trainer.run(3)
+  metrics, finite = result.values(), result.finite
   assert finite and int(trainer.step.numpy()) == 3
   assert all(np.isfinite(v) for v in metrics.values())
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_each_precision_trains_with_finite_losses(tiny_dcgan, precision):
-  trainer, ds, _ = _trainer(tiny_dcgan, precision=precision)
+  trainer = _trainer(tiny_dcgan, precision=precision)
   before = _weights(trainer)
-  metrics, finite = trainer.run(iter(ds), 3)
+  result = trainer.run(3)
+  metrics, finite = result.values(), result.finite
   assert finite
   assert {"D/loss", "G/loss", "D/real", "D/fake"} <= set(metrics)
   assert all(np.isfinite(v) for v in metrics.values())
@@ -121,8 +124,8 @@ def test_each_precision_trains_with_finite_losses(tiny_dcgan, precision):
 
 
 def test_loss_scaling_skips_an_inf_gradient(tiny_dcgan):
-  trainer, _, _ = _trainer(tiny_dcgan, precision="mixed_float16")
-  optimizer = trainer.model.optimizers["d"]
+  trainer = _trainer(tiny_dcgan, precision="mixed_float16")
+  optimizer = trainer.optimizers["d"]  # the Trainer's loss-scaling wrapper of the model's optimizer
   variables = trainer.model.discriminator.trainable_variables
   scale = float(optimizer.dynamic_scale.numpy())
   before = [v.numpy() for v in variables]
@@ -146,8 +149,8 @@ def test_loss_scaling_skips_an_inf_gradient(tiny_dcgan):
 
 def test_lazy_phases_run_at_their_interval(tiny_dcgan):
   tiny_dcgan.model.n_critic = 3
-  trainer, ds, _ = _trainer(tiny_dcgan, steps_per_loop=4)
-  metrics, _ = trainer.run(iter(ds), 7)
+  trainer = _trainer(tiny_dcgan, steps_per_loop=4)
+  metrics = trainer.run(7).values()
   assert int(trainer.model.optimizers["d"].iterations.numpy()) == 7
   assert int(trainer.model.optimizers["g"].iterations.numpy()) == 3  # steps 0, 3, 6
   assert "G/loss" in metrics
@@ -155,8 +158,9 @@ def test_lazy_phases_run_at_their_interval(tiny_dcgan):
 
 def test_a_nonfinite_loss_ends_the_call_at_that_step():
   config = toy_model.config(model={"name": "mean_image", "lr": 0.5, "nan_at_step": 3, "width": 1})
-  trainer, ds, _ = _trainer(config)
-  metrics, finite = trainer.run(iter(ds), 10)
+  trainer = _trainer(config)
+  result = trainer.run(10)
+  metrics, finite = result.values(), result.finite
   assert not finite
   assert int(trainer.step.numpy()) == 4  # steps 0..3 ran; step 3 was the bad one
   assert np.isnan(metrics["fit/loss"])

@@ -29,8 +29,9 @@ class StagedMeanImage(toy_model.MeanImage):
       return base.Stage(key="coarse", name="coarse", resolution=2, global_batch=8, end_nimg=CHANGE)
     return base.Stage(key="fine", name="fine", resolution=4, global_batch=self.fine_batch)
 
-  def enter_stage(self, stage):
-    self.entered = getattr(self, "entered", []) + [stage.key]
+  def phases(self, stage):
+    self.asked = getattr(self, "asked", []) + [stage.key]  # the loop asks once per stage
+    return super().phases(stage)
 
   def loss(self, batch, rng):
     size = int(batch["image"].shape[1])
@@ -59,26 +60,27 @@ def _batch(source, batch, resolution, start_step):
 
 
 def test_one_stage_models_keep_their_step_positions_and_one_trace(tiny_dcgan):
-  trainer, ds, _ = build_trainer(tiny_dcgan)
-  assert trainer.stage == base.Stage() and trainer.steps_left_in_stage() >= 2**62
-  trainer.run(iter(ds), 2)
+  trainer = build_trainer(tiny_dcgan)
+  assert trainer.next_stage() == base.Stage() and trainer.steps_left_in_stage() >= 2**62
+  trainer.run(2)
   trainer.position_offset.assign(3)
   assert trainer.position() == 2 + 3  # step + offset, as before stages
   assert list(trainer.trace_counts()) == [None]
 
 
 def test_the_input_batch_and_trace_change_at_the_stage_end():
-  trainer, ds, source = build_trainer(_config())
-  iterator = iter(ds)
+  trainer = build_trainer(_config())
+  source = trainer.source
   assert trainer.dataset_spec()["image"].shape == (8, 2, 2, 1)
-  _, finite = trainer.run(iterator, 10)  # cut at the stage end: 3 steps of 8 images
-  assert finite and int(trainer.step.numpy()) == 3 and int(trainer.nimg.numpy()) == CHANGE
-  with pytest.raises(ValueError, match="stage changed to fine"):
-    trainer.run(iterator, 1)  # the coarse input can't feed the fine stage
-  assert trainer.global_batch == 4 and trainer.per_replica_batch == 4
+  first = trainer.run(10)  # cut at the stage end: 3 steps of 8 images
+  assert first.finite and first.step == 3 and first.nimg == CHANGE
+  assert first.stage.key == "coarse" and first.stage_start == (0, 0)
   assert trainer.dataset_spec()["image"].shape == (4, 4, 4, 1)
   assert trainer.position() == CHANGE // 4  # examples shown, counted in the new batch
-  metrics, finite = trainer.run(iter(trainer.dataset(source)), 2)
+  result = trainer.run(2)  # the next call enters the fine stage, with its own input
+  metrics, finite = result.values(), result.finite
+  assert trainer.global_batch == 4 and trainer.per_replica_batch == 4
+  assert result.stage.key == "fine" and result.stage_start == (3, CHANGE)
   assert finite and int(trainer.nimg.numpy()) == CHANGE + 2 * 4
   # The fine stage's first steps read stream positions 24..31, at 4x4.
   first_two = np.concatenate([_batch(source, 4, 4, 6), _batch(source, 4, 4, 7)])
@@ -87,9 +89,10 @@ def test_the_input_batch_and_trace_change_at_the_stage_end():
   assert float(trainer.ema_beta().numpy()) == pytest.approx(0.5**(4 / 10.0), rel=1e-6)
   counts = trainer.trace_counts()
   assert set(counts) == {"coarse", "fine"}
-  trainer.run(iter(trainer.dataset(source)), 3)
+  later = trainer.run(3)
   assert trainer.trace_counts() == counts  # the fine stage's trace is reused
-  assert trainer.model.entered[-2:] == ["coarse", "fine"]
+  assert later.stage_start is None  # not a new stage
+  assert trainer.model.asked == ["coarse", "fine"]  # phases(stage): asked once per stage
 
 
 def test_a_stage_batch_the_replicas_cannot_share_is_refused():

@@ -28,14 +28,15 @@ def _model_of_args():
   """The model the ARGS run trains, built here (same config, same data shape)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch.configs import dcgan as dcgan_config  # pylint: disable=g-import-not-at-top
   from models import dcgan  # pylint: disable=g-import-not-at-top
   config = dcgan_config.get_config("cpu")
   config.model.g_width = config.model.d_width = 8
   config.model.latent_dim = 16
   info = pipelines.DataInfo(spec="embedded:mnist", count=1, resolution=32, channels=1, num_classes=10)
-  return dcgan.DCGAN(loop.prepare_config(config), info, tf.float32)
+  from models import base  # pylint: disable=g-import-not-at-top
+  return dcgan.DCGAN(rundir.prepare_config(config), info, base.Hardware(compute_dtype=tf.float32))
 
 
 @pytest.fixture(scope="module")

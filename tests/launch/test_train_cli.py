@@ -8,6 +8,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from genscale.errors import UserError
 from launch import checkpoints
 from tests.conftest import error_lines, run_module
 
@@ -61,10 +62,11 @@ def test_rerunning_resumes_where_the_run_stopped(trained):
 def test_resume_restores_the_saved_weights(trained):
   # The run at step 20 and a Trainer restored from its checkpoint hold the same weights.
   workdir, _, _, saved, _ = trained
-  from launch import loop, runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch import rundir, runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  from launch.trainer import Trainer  # pylint: disable=g-import-not-at-top
   import pipelines  # pylint: disable=g-import-not-at-top
-  config, info = loop.read_run(workdir)
-  trainer = loop.Trainer(config, runtime_lib.create(config.runtime), info)
+  config, _ = rundir.read_run(workdir)
+  trainer = Trainer(config, runtime_lib.create(config.runtime), pipelines.open_source(config.data))
   store = checkpoints.Store(workdir, trainer.checkpoint, 3)
   trainer.checkpoint.restore(os.path.join(workdir, "checkpoints", "ckpt-20")).assert_existing_objects_matched()
   assert int(trainer.step.numpy()) == 20 and int(trainer.nimg.numpy()) == 320
@@ -99,19 +101,32 @@ def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
   np.testing.assert_array_equal(np.load(npz)["images"], first)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config.batch_size=30", "--config.runtime.cpu_replicas=4"],
-     "--config.batch_size 30 is not divisible by 4 replicas"),
-    (["--config.model.name=stylegan9"], "unknown --config.model.name='stylegan9'"),
-    (["--config.model.loss=wasserstein"], "unknown --config.model.loss='wasserstein'"),
-    (["--config.runtime.precision=float16"], "unknown --config.runtime.precision='float16'"),
-    (["--config.data=embedded:cifar"], "unknown embedded dataset"),
-    (["--config.data=folder:/no/such/images"], "data path /no/such/images does not exist"),
-    (["--config.data=tfrecord:/no/such/*.tfrecord"], "/no/such/*.tfrecord matches no files"),
+@pytest.mark.parametrize("changes,message", [
+    ({"batch_size": 3, "runtime.cpu_replicas": 2}, "--config.batch_size 3 is not divisible by 2 replicas"),
+    ({"model.name": "stylegan9"}, "unknown --config.model.name='stylegan9'"),
+    ({"model.loss": "wasserstein"}, "unknown --config.model.loss='wasserstein'"),
+    ({"runtime.precision": "float16"}, "unknown --config.runtime.precision='float16'"),
+    ({"data": "embedded:cifar"}, "unknown embedded dataset"),
+    ({"data": "folder:/no/such/images"}, "data path /no/such/images does not exist"),
+    ({"data": "tfrecord:/no/such/*.tfrecord"}, "/no/such/*.tfrecord matches no files"),
 ])
-def test_bad_config_exits_with_one_line(tmp_path, args, message):
-  result = run_module("launch.train", "--config=launch/configs/dcgan.py:cpu", f"--workdir={tmp_path / 'w'}",
-                      "--config.steps=1", *args)
+def test_a_bad_config_is_one_line_before_anything_is_written(tmp_path, changes, message):
+  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch.configs import common, dcgan  # pylint: disable=g-import-not-at-top
+  config = common.apply(dcgan.get_config("cpu"), {"steps": 1, **changes})
+  with pytest.raises(UserError) as error:
+    loop.train(config, str(tmp_path / "w"))
+  assert message in str(error.value) and "\n" not in str(error.value)
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=launch/configs/dcgan.py:nope"], "unknown variant 'nope' of launch/configs/dcgan.py: choose one of"),
+    (["--config=launch/configs/dcgan.py:cpu", "--config.modle.lr=1"], "did you mean --config.model.lr?"),
+    (["--config=launch/configs/dcgan.py:cpu", "--config.steps=-1"], "--config.steps=-1 must be non-negative"),
+])
+def test_the_command_exits_2_with_one_line(tmp_path, args, message):
+  result = run_module("launch.train", *args, f"--workdir={tmp_path / 'w'}")
   assert result.returncode == 2
   errors = error_lines(result.stderr)
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]

@@ -16,7 +16,7 @@ import models
 class MeanImage(base.GenerativeModel):
   shape_keys = ("width",)
 
-  def __init__(self, config, info, compute_dtype):
+  def __init__(self, config, info, hardware):
     super().__init__(name="mean_image")
     self.num_classes = 0
     shape = [int(config.resolution), int(config.resolution), int(config.channels)]
@@ -24,10 +24,10 @@ class MeanImage(base.GenerativeModel):
     holder = tf.Module()
     holder.m = self.m
     self.holder = holder
-    self.ema, self.ema_pairs = base.build_ema_copy(lambda: _holder(shape), holder)
+    self.ema, self.ema_pairs = base.ema_copy(lambda keys: _holder(shape), holder, config.seed)
     self.optimizers = {"sgd": keras.optimizers.SGD(float(config.model.lr))}
     self.nan_at_step = int(config.model.nan_at_step)
-    self.compute_dtype = compute_dtype
+    self.compute_dtype = hardware.compute_dtype
 
   def loss(self, batch, rng):
     x = tf.cast(batch["image"], self.compute_dtype)
@@ -39,7 +39,8 @@ class MeanImage(base.GenerativeModel):
     bright = tf.cast(x_mean > -0.8, tf.float32)
     return per_example, {"fit/x_mean": x_mean, "fit/bright_mean": (x_mean * bright, bright)}
 
-  def phases(self):
+  def phases(self, stage):
+    del stage
     return [base.Phase("fit", "sgd", [self.m], self.loss)]
 
   def generate(self, rng, labels=None, ema=True, **options):

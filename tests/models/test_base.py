@@ -1,9 +1,11 @@
 """Per-example randomness that does not depend on how a batch is split over replicas."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from models import base
+from models import layers
 
 
 def _draw(rng):
@@ -54,16 +56,36 @@ def test_ema_copy_is_untrainable_and_starts_equal():
   source = tf.Module()
   source.w = tf.Variable([1.0, 2.0])
 
-  def build():
+  def build(keys):
+    assert isinstance(keys, layers.Keys)  # the copy is built as the source was, from initialisation keys
     m = tf.Module()
     m.w = tf.Variable([0.0, 0.0])
     return m
 
-  copy, pairs = base.build_ema_copy(build, source)
+  copy, pairs = base.ema_copy(build, source, seed=3)
   assert not copy.w.trainable
   assert copy.w.aggregation == tf.VariableAggregation.ONLY_FIRST_REPLICA
   np.testing.assert_array_equal(copy.w.numpy(), [1.0, 2.0])
   assert pairs[0][0] is copy.w and pairs[0][1] is source.w
+
+
+def test_state_variables_are_untrainable_and_written_by_the_first_replica():
+  p = base.state_variable(0.5, "augment_p")
+  steps = base.state_variable(0, "ada_steps", tf.int64)
+  assert not p.trainable and p.aggregation == tf.VariableAggregation.ONLY_FIRST_REPLICA
+  assert steps.dtype == tf.int64 and float(p.numpy()) == 0.5
+
+
+def test_conditional_classes_come_from_the_data_or_are_refused():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+  import pipelines  # pylint: disable=g-import-not-at-top
+  labelled = pipelines.DataInfo(spec="embedded:mnist", count=1, resolution=32, channels=1, num_classes=10)
+  unlabelled = pipelines.DataInfo(spec="folder:x", count=1, resolution=32, channels=1, num_classes=0)
+  assert base.conditional_classes(ml_collections.ConfigDict({"conditional": True}), labelled) == 10
+  assert base.conditional_classes(ml_collections.ConfigDict({"conditional": False}), labelled) == 0
+  with pytest.raises(UserError, match="folder:x has no labels; set it to false"):
+    base.conditional_classes(ml_collections.ConfigDict({"conditional": True}), unlabelled)
 
 
 def test_distributions_have_the_right_moments():

@@ -3,19 +3,19 @@ fade-in at every level of detail, the gradient penalty's scale, conditioning, an
 
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from genscale.errors import UserError
-from launch import loop
+from launch import rundir
 from launch.configs import pggan as pggan_config
 from models import base
 from models.pggan import model as pggan_model
 from models.pggan import networks
 from models.pggan import ops
 from models.pggan import schedule
+from tests.conftest import build_trainer
 import pipelines
 
 INFO = pipelines.DataInfo(spec="test", count=10, resolution=32, channels=1, num_classes=10)
@@ -33,7 +33,7 @@ def tiny_config(resolution=16):
 
 
 def _model(config, info=INFO, dtype=tf.float32):
-  return pggan_model.ProgressiveGAN(loop.prepare_config(config), info, dtype)
+  return pggan_model.ProgressiveGAN(rundir.prepare_config(config), info, base.Hardware(compute_dtype=dtype))
 
 
 @pytest.fixture(scope="module")
@@ -222,12 +222,11 @@ def test_a_fade_stage_runs_the_level_with_alpha_from_lod_and_trains_only_its_lay
   model = _model(tiny_config(16))
   stage = model.stage(int(1000 * (model.growth.stable_kimg + 0.5 * model.growth.fade_kimg)))
   assert stage.key == (1, True) and stage.resolution == 8 and stage.name == "8x8 fade-in"
-  model.enter_stage(stage)
   model.lod.assign(1.25)  # level 1 of 2 levels, alpha 0.75
   batch = {"image": tf.random.stateless_uniform([8, 8, 8, 1], seed=[1, 1], minval=-1, maxval=1),
            "label": tf.zeros([8], tf.int32)}
   rng = base.BatchRng(tf.constant([0, 3], tf.int64), 0, 8, 1)
-  d_phase, g_phase = model.phases()
+  d_phase, g_phase = model.phases(stage)
   with tf.GradientTape() as tape:
     loss, _ = g_phase.loss(batch, rng)
   got = tape.gradient(loss, g_phase.variables)
@@ -264,8 +263,8 @@ def test_conditional_models_use_the_label(conditioning):
     scores, logits = out
     assert scores.shape == (4,) and logits.shape == (4, 10)
     batch = {"image": a, "label": tf.constant([1, 2, 3, 4])}
-    model.enter_stage(model.stage(10**9))  # the 8x8 stage, long after the growth
-    _, metrics = model.discriminator_loss(batch, base.BatchRng(tf.constant([0, 0], tf.int64), 0, 4, 1))
+    d_phase = model.phases(model.stage(10**9))[0]  # the 8x8 stage, long after the growth
+    _, metrics = d_phase.loss(batch, base.BatchRng(tf.constant([0, 0], tf.int64), 0, 4, 1))
     assert {"D/ac_real", "D/ac_fake"} <= set(metrics)
   else:
     other = model.discriminator(a, tf.constant([2, 2, 2, 2]), 0.0)
@@ -284,10 +283,19 @@ def test_learning_rate_follows_the_resolution_trained():
                    0.5: pytest.approx(0.003), 0.0: pytest.approx(0.003)}
 
 
-def test_ema_beta_sets_the_halflife():
-  config = loop.prepare_config(tiny_config())
-  assert 0.5**(8 / (config.ema_halflife_kimg * 1000)) == pytest.approx(0.99)
+def test_the_cpu_variant_s_ema_decays_by_its_beta_per_step_and_keeps_its_halflife_across_batches():
+  """The cpu variant's half-life gives β = 0.99 per step at its batch, 16; a stage with batch 8 (the 8x8 stage
+  here) keeps the half-life in images, so β per step is 0.99^(8/16) there. Asked of the loop's Trainer."""
+  config = tiny_config(8)
+  config.batch_size = 16
+  config.model.batch_by_resolution = "8:8"
+  config.model.stable_kimg, config.model.fade_kimg = 0.016, 0.0  # 4x4 for one step, then 8x8
   assert config.ema_rampup is None
+  trainer = build_trainer(config)
+  trainer.run(1)
+  assert trainer.global_batch == 16 and float(trainer.ema_beta().numpy()) == pytest.approx(0.99, rel=1e-6)
+  trainer.run(1)
+  assert trainer.global_batch == 8 and float(trainer.ema_beta().numpy()) == pytest.approx(0.99**0.5, rel=1e-6)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -301,7 +309,7 @@ def test_ema_beta_sets_the_halflife():
     ({"model.stable_kimg": 0.0, "model.fade_kimg": 0.0}, "not both 0"),
     ({"model.lr_by_resolution": "64:0.1"}, "lr_by_resolution"),
     ({"model.lr_by_resolution": "8=0.1"}, "RES:LR"),
-    ({"model.ema_beta": 1.0}, "ema_beta"),
+    ({"ema_halflife_kimg": 0.0}, "ema_halflife_kimg"),
     ({"model.batch_by_resolution": "4:64,8=32"}, "RES:BATCH"),
     ({"model.batch_by_resolution": "32:16"}, "power of two from 4 to 16"),
     ({"model.batch_by_resolution": "8:6"}, "batch 6 at 8x8 must be a positive multiple of"),
@@ -312,13 +320,7 @@ def test_bad_settings_are_refused_with_one_line(change, message):
     section, _, name = key.rpartition(".")
     (config[section] if section else config)[name] = value
   with pytest.raises(UserError, match=message) as error:
-    loop.prepare_config(config)
+    rundir.prepare_config(config)
   assert "\n" not in str(error.value)
 
 
-def test_every_variant_resolves():
-  for variant in ("cpu", "gpu", "gpu1024", "tpu"):
-    config = loop.prepare_config(pggan_config.get_config(variant))
-    assert isinstance(config, ml_collections.ConfigDict)
-  with pytest.raises(ValueError, match="unknown variant"):
-    pggan_config.get_config("laptop")

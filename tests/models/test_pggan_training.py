@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from launch import loop
+from launch import rundir
 from launch import runtime as runtime_lib
+from launch.trainer import Trainer
 from tests.models.test_pggan import tiny_config
 import pipelines
 
@@ -32,23 +33,20 @@ def _config():
   return c
 
 
-def run_steps(trainer, source, steps, iterator=None):
-  """Runs ``steps`` steps as the loop does: compiled calls cut at stage ends, the input rebuilt for each new stage.
-  Returns (the last call's metrics, all finite, the iterator)."""
+def run_steps(trainer, steps):
+  """Runs ``steps`` steps as the loop does: compiled calls cut at stage ends (each new stage gets its input).
+  Returns (the last call's metrics, all finite)."""
   target, finite, metrics = int(trainer.step.numpy()) + steps, True, {}
   while finite and int(trainer.step.numpy()) < target:
-    if trainer.enter_stage() or iterator is None:
-      iterator = iter(trainer.dataset(source))
-    metrics, finite = trainer.run(iterator, target - int(trainer.step.numpy()))
-  return metrics, finite, iterator
+    result = trainer.run(target - int(trainer.step.numpy()))
+    metrics, finite = result.values(), result.finite
+  return metrics, finite
 
 
 def _trainer(config, **runtime_overrides):
-  config = loop.prepare_config(config)
+  config = rundir.prepare_config(config)
   config.runtime.update(runtime_overrides)
-  source = pipelines.open_source(config.data)
-  trainer = loop.Trainer(config, runtime_lib.create(config.runtime), source.info)
-  return trainer, source
+  return Trainer(config, runtime_lib.create(config.runtime), pipelines.open_source(config.data))
 
 
 def _state(trainer):
@@ -75,8 +73,8 @@ def _reset_keras_policy():
 def unbroken(tmp_path_factory):
   """One device, float32: STEPS steps one at a time, checkpoints written before step 2 (the stage change to the
   fade) and before step 3 (mid-fade)."""
-  trainer, source = _trainer(_config())
-  iterator, lods, checkpoints = None, [float(trainer.model.lod.numpy())], {}
+  trainer = _trainer(_config())
+  lods, checkpoints = [float(trainer.model.lod.numpy())], {}
   resolutions, stages, shapes, traces = [], [], [], []
   top_layer = trainer.model.generator.to_rgb[1].w.numpy()
   trainable = trainer.model.generator.trainable_variables + trainer.model.discriminator.trainable_variables
@@ -86,11 +84,12 @@ def unbroken(tmp_path_factory):
       checkpoints[step] = trainer.checkpoint.write(str(tmp_path_factory.mktemp("pggan") / "ckpt"))
     resolutions.append(float(trainer.model.scalars()["resolution"]))
     before = [v.numpy() for v in trainable]
-    if trainer.enter_stage() or iterator is None:
-      iterator = iter(trainer.dataset(source))
-      shapes.append((step, tuple(iterator.element_spec["image"].shape)))
-    stages.append(trainer.stage.key)
-    metrics, finite = trainer.run(iterator, 1)
+    if trainer.stage is None or trainer.next_stage().key != trainer.stage.key:
+      shapes.append((step, tuple(trainer.dataset_spec()["image"].shape)))
+    result = trainer.run(1)
+    metrics, finite = result.values(), result.finite
+    stages.append(result.stage.key)
+    assert (result.stage_start is not None) == (shapes[-1][0] == step)  # a new stage, and only then
     traces.append(trainer.trace_counts())
     updates.append(np.concatenate([np.abs(v.numpy() - b).ravel() for v, b in zip(trainable, before)]))
     assert finite and all(np.isfinite(v) for v in metrics.values())
@@ -101,7 +100,7 @@ def unbroken(tmp_path_factory):
       # The 8x8 layers are in no phase of the 4x4 stage: unchanged.
       np.testing.assert_array_equal(trainer.model.generator.to_rgb[1].w.numpy(), top_layer)
   return dict(state=_state(trainer), lods=lods, resolutions=resolutions, checkpoints=checkpoints, updates=updates,
-              alpha=float(trainer.model.scalars()["alpha"]), trainer=trainer, source=source, stages=stages,
+              alpha=float(trainer.model.scalars()["alpha"]), trainer=trainer, stages=stages,
               shapes=shapes, traces=traces, nimg=int(trainer.nimg.numpy()), state_after_fade=state_after_fade)
 
 
@@ -155,7 +154,7 @@ def test_a_resumed_run_equals_the_unbroken_run(unbroken, at):
   assert int(trainer.step.numpy()) == at
   assert float(trainer.model.scalars()["alpha"]) == pytest.approx(1.0 - LODS[at])  # continues the same fade
   traces = trainer.trace_counts()
-  _, finite, _ = run_steps(trainer, unbroken["source"], STEPS - at)
+  _, finite = run_steps(trainer, STEPS - at)
   assert finite and trainer.trace_counts() == traces  # the stages' traces are reused
   assert float(trainer.model.lod.numpy()) == LODS[STEPS]
   assert float(trainer.model.scalars()["alpha"]) == unbroken["alpha"]
@@ -163,17 +162,17 @@ def test_a_resumed_run_equals_the_unbroken_run(unbroken, at):
 
 
 def test_one_device_and_mirrored_reach_the_same_weights(unbroken):
-  trainer, source = _trainer(_config(), cpu_replicas=2)
+  trainer = _trainer(_config(), cpu_replicas=2)
   assert trainer.runtime.num_replicas == 2
-  _, finite, _ = run_steps(trainer, source, STEPS)
+  _, finite = run_steps(trainer, STEPS)
   assert finite and float(trainer.model.lod.numpy()) == LODS[STEPS]
   _assert_same(unbroken["state"], _state(trainer), rtol=1e-4, atol=1e-5)
 
 
 def test_xla_and_no_xla_agree(unbroken):
   """Through the 4x4 stage and the fade (two XLA compilations; the stable 8x8 stage adds nothing new here)."""
-  trainer, source = _trainer(_config(), xla=True, steps_per_loop=STEPS)
-  _, finite, _ = run_steps(trainer, source, 4)
+  trainer = _trainer(_config(), xla=True, steps_per_loop=STEPS)
+  _, finite = run_steps(trainer, 4)
   assert finite and float(trainer.model.lod.numpy()) == LODS[4]
   # XLA fuses differently: float rounding differs, and Adam turns a tiny gradient's rounding into up to a whole
   # step of lr = 1e-3 on that weight; 1e-4 is a tenth of one step.
@@ -182,9 +181,9 @@ def test_xla_and_no_xla_agree(unbroken):
 
 def test_bfloat16_with_xla_trains_across_the_fade(unbroken):
   """Through the 4x4 stage and the fade (two stages, so two XLA compilations: the third adds nothing here)."""
-  trainer, source = _trainer(_config(), precision="mixed_bfloat16", xla=True, steps_per_loop=STEPS)
+  trainer = _trainer(_config(), precision="mixed_bfloat16", xla=True, steps_per_loop=STEPS)
   new_block = trainer.model.generator.to_rgb[1].w.numpy()
-  metrics, finite, _ = run_steps(trainer, source, 4)
+  metrics, finite = run_steps(trainer, 4)
   assert finite and all(np.isfinite(v) for v in metrics.values())
   assert sorted(trainer.trace_counts()) == [(0, False), (1, True)]
   assert float(trainer.model.lod.numpy()) == LODS[4]

@@ -8,13 +8,15 @@ import tensorflow as tf
 
 from genscale.errors import UserError
 from launch import checkpoints
-from launch import loop
+from launch import rundir
 from launch import runtime as runtime_lib
+from launch.trainer import Trainer
 from launch.configs import stylegan2 as sg_config
 from models import base
 from models import layers
 from models.stylegan2 import StyleGAN2
 from models.stylegan2 import networks
+import models
 import pipelines
 from tests.conftest import run_module
 
@@ -38,8 +40,8 @@ def tiny(**model):
   return c
 
 
-def _model(config, info=INFO, dtype=tf.float32):
-  return StyleGAN2(loop.prepare_config(config), info, dtype)
+def _model(config, info=INFO, dtype=tf.float32, **hardware):
+  return StyleGAN2(rundir.prepare_config(config), info, base.Hardware(compute_dtype=dtype, **hardware))
 
 
 def _rng(batch, seed=0, call=0):
@@ -162,7 +164,7 @@ def test_ada_p_follows_the_overfitting_signal_every_interval():
   step = 8 * 2 / 400.0  # global batch x interval / (ada_kimg * 1000)
 
   def update(sign):
-    m.update_state(tf.constant(0, tf.int64), tf.constant(0, tf.int64), {"D/real_sign": tf.constant(sign)})
+    m.update_state(base.Stage(), tf.constant(0, tf.int64), tf.constant(0, tf.int64), {"D/real_sign": tf.constant(sign)})
     return float(m.augment_p.numpy())
 
   assert update(1.0) == 0.5  # the first step of an interval only accumulates
@@ -180,17 +182,17 @@ def test_ada_p_follows_the_overfitting_signal_every_interval():
 
 def test_fixed_p_does_not_move():
   m = _model(tiny(augment="fixed", augment_p=0.3))
-  m.update_state(tf.constant(0, tf.int64), tf.constant(0, tf.int64), {"D/real_sign": tf.constant(1.0)})
-  m.update_state(tf.constant(1, tf.int64), tf.constant(0, tf.int64), {"D/real_sign": tf.constant(1.0)})
+  m.update_state(base.Stage(), tf.constant(0, tf.int64), tf.constant(0, tf.int64), {"D/real_sign": tf.constant(1.0)})
+  m.update_state(base.Stage(), tf.constant(1, tf.int64), tf.constant(0, tf.int64), {"D/real_sign": tf.constant(1.0)})
   assert float(m.augment_p.numpy()) == pytest.approx(0.3)
 
 
 def test_path_length_mean_and_average_w_follow_their_running_means():
   m = _model(tiny(pl_decay=0.1, w_avg_beta=0.5))
-  m.update_state(tf.constant(3, tf.int64), tf.constant(0, tf.int64), {"G_reg/path_length": tf.constant(2.0)})
-  m.update_state(tf.constant(3, tf.int64), tf.constant(0, tf.int64), {"G_reg/path_length": tf.constant(2.0)})
+  m.update_state(base.Stage(), tf.constant(3, tf.int64), tf.constant(0, tf.int64), {"G_reg/path_length": tf.constant(2.0)})
+  m.update_state(base.Stage(), tf.constant(3, tf.int64), tf.constant(0, tf.int64), {"G_reg/path_length": tf.constant(2.0)})
   assert float(m.pl_mean.numpy()) == pytest.approx(0.2 + 0.1 * (2.0 - 0.2))
-  m.update_state(tf.constant(3, tf.int64), tf.constant(0, tf.int64), {"G/loss": tf.constant(1.0)})
+  m.update_state(base.Stage(), tf.constant(3, tf.int64), tf.constant(0, tf.int64), {"G/loss": tf.constant(1.0)})
   from genscale import random as random_lib  # pylint: disable=g-import-not-at-top
   z = random_lib.normal_values(tf.constant([0, 3], tf.int64), "w_avg/z",
                                tf.reshape(tf.range(8 * 16, dtype=tf.int64), [8, 16]))
@@ -201,8 +203,13 @@ def test_path_length_mean_and_average_w_follow_their_running_means():
 # ---- synthesis options
 
 
+def _section(**model):
+  """The resolved model section, as the model builds its networks from it on one CPU (filter_impl decided)."""
+  return _model(tiny(**model)).config
+
+
 def _synthesis_network(**model):
-  m = loop.prepare_config(tiny(**model)).model
+  m = _section(**model)
   return networks.SynthesisNetwork(m, 8, 1, layers.Keys(3), tf.float32)
 
 
@@ -215,7 +222,7 @@ def test_tanh_output_is_tanh_of_the_linear_output():
 
 
 def test_nearest_up_layer_is_the_plain_layer_on_nearest_upsampled_input():
-  m = loop.prepare_config(tiny(synthesis_up="nearest")).model
+  m = _section(synthesis_up="nearest")
   up = networks.ModulatedLayer(m, 16, 8, 6, 8, layers.Keys(5), tf.float32, up=True)
   plain = networks.ModulatedLayer(m, 16, 8, 6, 8, layers.Keys(5), tf.float32)
   up.bias.assign(tf.random.stateless_normal([6], [7, 7]))  # non-zero, so a missed bias would show
@@ -224,8 +231,7 @@ def test_nearest_up_layer_is_the_plain_layer_on_nearest_upsampled_input():
   w = tf.random.stateless_normal([2, 16], [2, 2])
   expected = plain(np.repeat(np.repeat(x.numpy(), 2, axis=1), 2, axis=2), w)
   np.testing.assert_allclose(up(x, w).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-  filtered = networks.ModulatedLayer(loop.prepare_config(tiny()).model, 16, 8, 6, 8, layers.Keys(5), tf.float32,
-                                     up=True)
+  filtered = networks.ModulatedLayer(_section(), 16, 8, 6, 8, layers.Keys(5), tf.float32, up=True)
   filtered.bias.assign(up.bias)
   assert np.abs(filtered(x, w).numpy() - expected.numpy()).max() > 1e-2  # the two modes differ
 
@@ -233,31 +239,28 @@ def test_nearest_up_layer_is_the_plain_layer_on_nearest_upsampled_input():
 # ---- configs
 
 
-def test_every_variant_resolves():
-  for variant in ("cpu", "gpu", "gpu1024", "tpu"):
-    loop.prepare_config(sg_config.get_config(variant))
 
 
 def test_filters_default_to_slices_under_xla_and_depthwise_convolutions_otherwise():
-  assert loop.prepare_config(tiny()).model.filter_impl == "depthwise"
-  with_xla = tiny()
-  with_xla.runtime.xla = True
-  assert loop.prepare_config(with_xla).model.filter_impl == "slices"
-  assert loop.prepare_config(sg_config.get_config("tpu")).model.filter_impl == "slices"
-  chosen = tiny(filter_impl="slices")
-  assert loop.prepare_config(chosen).model.filter_impl == "slices"
+  """``filter_impl=auto`` is decided for the hardware the model is built for; the run's config keeps "auto"."""
+  config = tiny()
+  assert _model(config).config.filter_impl == "depthwise"
+  assert _model(config, xla=True).config.filter_impl == "slices"
+  assert _model(config, device="tpu").config.filter_impl == "slices"
+  assert _model(tiny(filter_impl="slices")).config.filter_impl == "slices"
+  assert config.model.filter_impl == "auto"
+  block = _model(config, xla=True).generator.synthesis.blocks[-1]
+  assert block.filter_impl == block.convs[0].filter_impl == "slices"  # what the networks were built with
 
 
 @pytest.mark.parametrize("change,message", [
     ({"resolution": 48}, "square power of two"),
     ({"model.modconv": "fused"}, "unknown --config.model.modconv"),
-    ({"model.modconv": "grouped"}, "runtime.xla=true"),
     ({"model.filter_impl": "fft"}, "unknown --config.model.filter_impl"),
     ({"model.synthesis_up": "bilinear"}, "unknown --config.model.synthesis_up"),
     ({"model.output_activation": "sigmoid"}, "unknown --config.model.output_activation"),
     ({"model.augment": "sometimes"}, "unknown --config.model.augment"),
     ({"model.augment_p": 1.5}, "augment_p=1.5 must be in"),
-    ({"batch_size": 6}, "not a multiple of --config.model.mbstd_group_size=4"),
     ({"model.augment_ops": "xflip,cutout"}, "augment_ops"),
 ])
 def test_bad_settings_are_refused(change, message):
@@ -269,12 +272,30 @@ def test_bad_settings_are_refused(change, message):
       node = node[part]
     node[last] = value
   with pytest.raises(UserError, match=message):
-    loop.prepare_config(c)
+    rundir.prepare_config(c)
+
+
+@pytest.mark.parametrize("change,hardware,message", [
+    ({"model.modconv": "grouped"}, {}, "only with XLA on"),
+    ({"batch_size": 6}, {}, "6 examples per replica on 1 replicas, not a multiple of --config.model.mbstd_group_size=4"),
+    ({"batch_size": 12}, {"replicas": 2}, "6 examples per replica on 2 replicas"),
+])
+def test_settings_the_hardware_cannot_run_are_refused_before_building(change, hardware, message):
+  c = tiny()
+  for key, value in change.items():
+    node = c
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  config = rundir.prepare_config(c)  # the config alone is fine
+  with pytest.raises(UserError, match=message):
+    models.build(config, INFO, base.Hardware(**hardware))
 
 
 def test_lazy_regularisers_are_phases_with_their_interval_and_rescaled_adam():
   m = _model(tiny(r1_interval=16, pl_interval=4, lr=0.002, beta2=0.99))
-  assert [(p.name, p.optimizer, p.interval) for p in m.phases()] == [
+  assert [(p.name, p.optimizer, p.interval) for p in m.phases(base.Stage())] == [
       ("D", "d", 1), ("D_reg", "d", 16), ("G", "g", 1), ("G_reg", "g", 4)]
   d, g = m.optimizers["d"], m.optimizers["g"]
   assert float(d.learning_rate.numpy()) == pytest.approx(0.002 * 16 / 17)
@@ -284,9 +305,9 @@ def test_lazy_regularisers_are_phases_with_their_interval_and_rescaled_adam():
 
 def test_regularisers_every_step_fold_r1_into_the_d_phase():
   m = _model(tiny(r1_interval=1, pl_interval=1, r1_gamma=2.0))
-  assert [(p.name, p.interval) for p in m.phases()] == [("D", 1), ("G", 1), ("G_reg", 1)]
+  assert [(p.name, p.interval) for p in m.phases(base.Stage())] == [("D", 1), ("G", 1), ("G_reg", 1)]
   batch = {"image": m.generate(_rng(4, seed=1), ema=False), "label": tf.zeros([4], tf.int32)}
-  loss, metrics = m.phases()[0].loss(batch, _rng(4))
+  loss, metrics = m.phases(base.Stage())[0].loss(batch, _rng(4))
   game = np.log1p(np.exp(-metrics["D/real"].numpy())) + np.log1p(np.exp(metrics["D/fake"].numpy()))
   np.testing.assert_allclose(loss.numpy(), game + 0.5 * 2.0 * metrics["D/r1"].numpy(), rtol=1e-5)
   assert float(tf.reduce_min(metrics["D/r1"])) > 0
@@ -310,10 +331,9 @@ def train_config(**model):
 
 
 def _trainer(config, **runtime):
-  config = loop.prepare_config(config)
+  config = rundir.prepare_config(config)
   config.runtime.update(runtime)
-  source = pipelines.open_source(config.data)
-  return loop.Trainer(config, runtime_lib.create(config.runtime), source.info), source
+  return Trainer(config, runtime_lib.create(config.runtime), pipelines.open_source(config.data))
 
 
 def _weights(trainer):
@@ -321,8 +341,9 @@ def _weights(trainer):
 
 
 def _train(config, steps, **runtime):
-  trainer, source = _trainer(config, **runtime)
-  metrics, finite = trainer.run(iter(trainer.dataset(source, 0)), steps)
+  trainer = _trainer(config, **runtime)
+  result = trainer.run(steps)
+  metrics, finite = result.values(), result.finite
   return trainer, metrics, finite, _weights(trainer)
 
 
@@ -330,17 +351,18 @@ def _train(config, steps, **runtime):
 def one_device(tmp_path_factory):
   """Two steps on one device (weights and metrics), a checkpoint of them in a run directory, and a third step."""
   config = train_config()
-  trainer, source = _trainer(config)
-  metrics, finite = trainer.run(iter(trainer.dataset(source, 0)), 2)
+  trainer = _trainer(config)
+  result = trainer.run(2)
+  metrics, finite = result.values(), result.finite
   after_two = _weights(trainer)
   state = {name: getattr(trainer.model, name).numpy() for name in ("augment_p", "pl_mean", "w_avg")}
   workdir = str(tmp_path_factory.mktemp("sg2") / "run")
-  loop.write_config(trainer.config, source.info, workdir)
+  rundir.write_config(trainer.config, trainer.source.info, workdir)
   store = checkpoints.Store(workdir, trainer.checkpoint, asynchronous=False)
   store.save(2)
   store.close()
-  trainer.run(iter(trainer.dataset(source, 2)), 1)
-  return dict(trainer=trainer, source=source, metrics=metrics, finite=finite, weights=after_two, state=state,
+  trainer.run(1)
+  return dict(trainer=trainer, metrics=metrics, finite=finite, weights=after_two, state=state,
               workdir=workdir, store=store, unbroken=_weights(trainer),
               unbroken_pl_mean=float(trainer.model.pl_mean.numpy()))
 
@@ -366,13 +388,13 @@ def test_resume_restores_ada_p_and_the_path_length_mean(one_device):
   """Restore the step-2 checkpoint over scrambled state and train step 2 again: the result equals the unbroken
   step 2, so everything the step depends on (ADA p and its accumulators, the path-length mean, w_avg, weights,
   optimizer slots, counters) is in the checkpoint."""
-  trainer, source = one_device["trainer"], one_device["source"]
+  trainer = one_device["trainer"]
   for v in trainer.model.variables:
     v.assign(tf.fill(v.shape, tf.constant(0.123, v.dtype) if v.dtype.is_floating else tf.constant(7, v.dtype)))
   assert one_device["store"].restore_latest() == 2
   assert trainer.model.augment_p.numpy() == one_device["state"]["augment_p"]
   assert trainer.model.pl_mean.numpy() == one_device["state"]["pl_mean"]
-  trainer.run(iter(trainer.dataset(source, 2)), 1)
+  trainer.run(1)  # from the restored data position, 2
   resumed, unbroken = _weights(trainer), one_device["unbroken"]
   for name in unbroken:
     np.testing.assert_array_equal(resumed[name], unbroken[name], err_msg=name)

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from models import base
 from models.stylegan2 import augment
-from models.stylegan2 import model as sg_model
+from models.stylegan2 import draws as sg_draws
 from models.stylegan2 import ops
 
 F1 = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
@@ -192,7 +192,7 @@ def test_r1_of_a_quadratic_critic():
   # D(x) = sum(c x²) -> ∇D = 2 c x -> R1 = sum(4 c² x²).
   rs = np.random.RandomState(5)
   x, c = rs.randn(3, 4, 4, 2), rs.randn(4, 4, 2)
-  r1, logits = sg_model.r1_penalty_and_logits(lambda v: tf.reduce_sum(c * v**2, axis=[1, 2, 3]), tf.constant(x))
+  r1, logits = sg_draws.r1_penalty_and_logits(lambda v: tf.reduce_sum(c * v**2, axis=[1, 2, 3]), tf.constant(x))
   np.testing.assert_allclose(r1.numpy(), np.sum(4 * c**2 * x**2, axis=(1, 2, 3)), rtol=1e-6)
   np.testing.assert_allclose(logits.numpy(), np.sum(c * x**2, axis=(1, 2, 3)), rtol=1e-5)
 
@@ -204,7 +204,7 @@ def test_path_length_of_a_linear_synthesis():
   a = rs.randn(num_ws * w_dim, h * h * c)
   ws, y = rs.randn(b, num_ws, w_dim), rs.randn(b, h, h, c)
   synthesis = lambda w: tf.reshape(tf.reshape(w, [b, -1]) @ tf.constant(a, tf.float32), [b, h, h, c])
-  lengths, images = sg_model.path_lengths(synthesis, tf.constant(ws, tf.float32), tf.constant(y, tf.float32))
+  lengths, images = sg_draws.path_lengths(synthesis, tf.constant(ws, tf.float32), tf.constant(y, tf.float32))
   grads = (y.reshape(b, -1) @ a.T).reshape(b, num_ws, w_dim)
   np.testing.assert_allclose(lengths.numpy(), np.sqrt(np.mean(np.sum(grads**2, axis=2), axis=1)), rtol=1e-5)
   assert images.shape == (b, h, h, c)

@@ -1,5 +1,5 @@
 """What ``python -m launch.evaluate`` does, as functions: the command parses flags and calls these, tests call them
-in-process.
+in-process. The scores themselves come from the ``evaluation`` package, which knows nothing of runs.
 
 ``evaluate_checkpoint`` restores a run's checkpoint into its model under a fresh runtime and scores it;
 ``evaluate_data`` scores the images of a data source instead (the real-vs-real floor), with or without a run. Both
@@ -16,26 +16,10 @@ import ml_collections
 import tensorflow as tf
 
 from evaluation.evaluator import Evaluator
-from genscale.errors import UserError, require
-from launch import checkpoints
-from launch import loop
-from launch import runtime as runtime_lib
+from genscale.errors import require
+from launch import rundir
 from launch.configs import common
-import models
 import pipelines
-
-
-def checkpoint_path(workdir, choice=None):
-  """The newest committed checkpoint of a run, or ``choice`` (a step number or a path). Raises UserError."""
-  if choice is None:
-    path = checkpoints.latest(workdir)
-    require(path is not None, f"no checkpoint in {checkpoints.directory_of(workdir)}; train first or pass "
-            "--checkpoint")
-    return path
-  choice = str(choice)
-  path = checkpoints.path_of(workdir, int(choice)) if choice.isdigit() else choice
-  require(tf.io.gfile.exists(path + ".index"), f"--checkpoint={choice}: no checkpoint {path}")
-  return path
 
 
 def standalone_config(spec, resolution=None, channels=None):
@@ -47,17 +31,6 @@ def standalone_config(spec, resolution=None, channels=None):
   values = common.base().to_dict()
   values.update(data=spec, resolution=resolution, channels=int(channels or info.channels or 3))
   return ml_collections.ConfigDict(values), info
-
-
-def make_runtime(config, strategy="auto", cpu_replicas=1, precision=None, xla=None):
-  """The runtime to evaluate on: the given strategy, the run's precision and XLA setting unless overridden."""
-  config.runtime.strategy = strategy
-  config.runtime.cpu_replicas = int(cpu_replicas)
-  if precision:
-    config.runtime.precision = precision
-  if xla is not None:
-    config.runtime.xla = bool(xla)
-  return runtime_lib.create(config.runtime)
 
 
 def write_scalars(workdir, step, scalars):
@@ -91,22 +64,12 @@ def _report(evaluator, what, at, stream):
 def evaluate_checkpoint(workdir, settings, checkpoint=None, runtime_options=None, stream=None, progress=True):
   """Scores a run's checkpoint (default: the newest) with ``settings`` (an EvalSettings). Returns the Evaluator.
 
-  ``runtime_options``: ``make_runtime`` keywords (strategy, cpu_replicas, precision, xla).
+  ``runtime_options``: ``launch.rundir.runtime_for`` keywords (strategy, cpu_replicas, precision, xla).
   """
   stream = stream or sys.stdout
-  config, info = loop.read_run(workdir)
-  path = checkpoint_path(workdir, checkpoint)
-  step = checkpoints.saved_step(path)
-  runtime = make_runtime(config, **(runtime_options or {}))
-  with runtime.strategy.scope():
-    model = models.build(config, info, runtime.compute_dtype)
-  try:
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
-  except (ValueError, IndexError, tf.errors.OpError) as e:  # shapes that differ; truncated or missing shards
-    reason = str(getattr(e, "message", None) or e).strip().splitlines()[0]
-    raise UserError(f"can't restore {path} into the {config.model.name} model that {workdir}/config.json "
-                    f"describes ({reason}); was it written by another version of the code?") from e
-  evaluator = Evaluator(runtime, model, config, info, workdir, progress=progress, log_warnings=False,
+  run = rundir.load_run(workdir, checkpoint, **(runtime_options or {}))
+  config, runtime, path, step = run.config, run.runtime, run.checkpoint, run.step
+  evaluator = Evaluator(runtime, run.model, config, run.info, workdir, progress=progress, log_warnings=False,
                         settings=settings)
   scalars = evaluator(step, checkpoint=path)
   _report(evaluator, f"{settings.num} generated images ({'EMA' if settings.ema else 'raw'} weights)",
@@ -125,10 +88,10 @@ def evaluate_data(spec, settings, workdir=None, resolution=None, channels=None, 
   without one, the reference data's stored size (or ``resolution``/``channels``)."""
   stream = stream or sys.stdout
   if workdir:
-    config, info = loop.read_run(workdir)
+    config, info = rundir.read_run(workdir)
   else:
     config, info = standalone_config(settings.data or spec, resolution, channels)
-  runtime = make_runtime(config, **(runtime_options or {}))
+  runtime = rundir.runtime_for(config, **(runtime_options or {}))
   evaluator = Evaluator(runtime, None, config, info, workdir, progress=progress, log_warnings=False,
                         settings=settings)
   evaluator.evaluate_source(spec)

@@ -1,0 +1,71 @@
+"""A run's stages as the loop sees them: each stage's batch, resolution and phases, and data positions (host).
+
+A model may split a run into stages (``GenerativeModel.stage``), each with its own image resolution and global
+batch, e.g. one per resolution of a growing GAN. Everything here is a pure function of the image count, so a
+resumed run finds the same stages and reads the same data. The data position is counted in examples: a stage of
+batch B starts at step ceil(nimg / B) of its own stream. Most models have one stage.
+"""
+
+from genscale.errors import require
+import pipelines
+
+
+class Stages:
+  """The stages of ``model`` for a run of ``config`` on ``num_replicas`` replicas.
+
+  Walks the stages from the first at construction, so a stage batch the replicas can't share is refused before
+  any compute, and every optimizer can be built for what it updates in any stage (``every_phase``).
+  """
+
+  def __init__(self, model, config, num_replicas):
+    self.model, self.config, self.num_replicas = model, config, int(num_replicas)
+    self._phases = {}
+    nimg = 0
+    while True:
+      stage = model.stage(nimg)
+      self.phases(stage)
+      if stage.end_nimg is None or len(self._phases) > 10_000:
+        break
+      nimg = int(stage.end_nimg)
+
+  def at(self, nimg):
+    """The stage of the step that starts after ``nimg`` images."""
+    return self.model.stage(int(nimg))
+
+  def batch(self, stage):
+    """The stage's global batch."""
+    return int(stage.global_batch or self.config.batch_size)
+
+  def resolution(self, stage):
+    """(height, width) of the stage's images."""
+    return pipelines.parse_resolution(stage.resolution or self.config.resolution)
+
+  def phases(self, stage):
+    """The model's phases in ``stage`` (asked of the model once per stage)."""
+    if stage.key not in self._phases:
+      batch = self.batch(stage)
+      require(batch % self.num_replicas == 0, f"the batch size {batch} of training stage {stage.name or stage.key} "
+              f"is not divisible by {self.num_replicas} replicas; use a multiple of {self.num_replicas}")
+      self._phases[stage.key] = self.model.phases(stage)
+    return self._phases[stage.key]
+
+  def every_phase(self):
+    """The phases of every stage met so far, in order."""
+    return [p for phases in self._phases.values() for p in phases]
+
+  def steps_left(self, nimg):
+    """Steps until the stage after ``nimg`` images ends (at least 1; a large number when it never ends)."""
+    stage = self.at(nimg)
+    if stage.end_nimg is None:
+      return 2**62
+    return max(1, -(-(int(stage.end_nimg) - int(nimg)) // self.batch(stage)))
+
+  def position(self, nimg, offset):
+    """The data-stream position of the step after ``nimg`` images, in steps of that stage's batch B.
+
+    ceil(nimg / B) + offset: the examples already shown, rounded up to whole batches. With one batch size this is
+    the step (plus the offset); when a stage changes the batch, the new stream starts at the first whole batch
+    past the examples shown (at most B - 1 examples skipped), and a run resumed inside that stage lands on the
+    same position. The offset only moves when a non-finite rollback skips the data of the diverged steps.
+    """
+    return -(-int(nimg) // self.batch(self.at(nimg))) + int(offset)
