@@ -89,8 +89,14 @@ GPU = {"runtime.precision": "mixed_float16", "runtime.xla": True, "runtime.steps
 TPU = {"runtime.strategy": "tpu", "runtime.precision": "mixed_bfloat16", "runtime.xla": True,
        "runtime.steps_per_loop": 100,
        "histogram_every": 0}  # histograms move every weight and gradient to the host
-# The output cadences of long runs (hours to days on accelerators).
-LARGE_RUN = {"log_every": 500, "sample_every": 5000, "checkpoint_every": 5000}
+
+
+def large_run(every=5000, log_every=500):
+  """The output cadences of long runs (hours to days on accelerators): samples and checkpoints ``every`` steps."""
+  return {"log_every": log_every, "sample_every": every, "checkpoint_every": every}
+
+
+LARGE_RUN = large_run()
 
 
 def ema_halflife_kimg(beta, batch_size):

@@ -69,8 +69,8 @@ VARIANTS = {
             "ema_halflife_kimg": common.ema_halflife_kimg(0.99, 16), "ema_rampup": None,
             "steps": 2000, "log_every": 125, "histogram_every": 0, **common.CPU, "runtime.steps_per_loop": 25},
     "gpu": {"data": "tfrecord:/path/to/celebahq-256", "resolution": 256, "channels": 3, "flip": True,
-            "batch_size": 16, "steps": 12_000_000 // 16, "log_every": 1000, "sample_every": 10_000,
-            "checkpoint_every": 10_000, "histogram_every": 0, **common.GPU,
+            "batch_size": 16, "steps": 12_000_000 // 16, **common.large_run(10_000, log_every=1000),
+            "histogram_every": 0, **common.GPU,
             "ema_halflife_kimg": common.ema_halflife_kimg(0.999, 16), "ema_rampup": None},  # the paper's 0.999
 }
 VARIANTS["gpu1024"] = {**VARIANTS["gpu"], "data": "tfrecord:/path/to/celebahq-1024", "resolution": 1024,

@@ -63,5 +63,5 @@ def accelerator(variant):
     data = {"data": "tfds:cifar10"}
   else:
     data = {"data": "folder:/path/to/faces64", "resolution": 64}
-  return {**data, "channels": 3, "flip": True, "log_every": 500, "sample_every": 10_000,
-          "checkpoint_every": 10_000, **(common.TPU if variant == "tpu" else common.GPU)}
+  return {**data, "channels": 3, "flip": True, **common.large_run(10_000),
+          **(common.TPU if variant == "tpu" else common.GPU)}
