@@ -32,6 +32,8 @@ flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
 flags.DEFINE_list("configs", ["launch/configs/dcgan.py:cpu"], "cpu configs for the input-wait measurement.")
 flags.DEFINE_integer("train_steps", 100, "Training steps per config for the input-wait measurement.")
 flags.DEFINE_string("scratch", None, "Scratch directory (default: a temporary one, removed afterwards).")
+flags.DEFINE_list("resolutions", ["32", "64", "256"], "Resolutions of the reading table (32 is always prepared: the "
+                  "input-wait measurement reads it).")
 FLAGS = flags.FLAGS
 
 
@@ -111,7 +113,7 @@ def main(argv):
     if not os.path.exists(folder):
       make_images(folder, FLAGS.count)
     rows = []
-    for resolution in (32, 64, 256):
+    for resolution in sorted({32, *map(int, FLAGS.resolutions)}):
       out = os.path.join(scratch, f"records{resolution}")
       if not os.path.exists(os.path.join(out, "metadata.json")):
         prepare_lib.prepare(f"folder:{folder}", out, resolution, shards=8, folder_labels=True,

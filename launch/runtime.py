@@ -17,7 +17,9 @@ are always float32; models cast to the compute dtype and keep sensitive maths in
 
 XLA (``runtime.xla``): the per-replica forward and backward pass (losses and gradients) is compiled. Optimizer
 updates and variable assignments stay outside the compiled region, because XLA can't reach variables placed on
-other devices under MirroredStrategy. On a TPU the whole step is compiled anyway.
+other devices under MirroredStrategy. On a TPU the whole step is compiled anyway. ``runtime.xla_whole_step`` (with
+one device per worker) compiles each step's whole device work, optimizer updates, model state and EMA included,
+as one XLA computation, as a TPU does; only reading the next batch stays outside.
 """
 
 import dataclasses
@@ -46,6 +48,7 @@ class Runtime:
   devices: tuple
   worker_index: int = 0
   num_workers: int = 1
+  xla_whole_step: bool = False
 
   @property
   def num_replicas(self):
@@ -76,6 +79,10 @@ class Runtime:
     """Wraps a per-replica function that returns tensors (no variable writes); XLA-compiled when enabled."""
     return tf.function(fn, jit_compile=True) if self.xla else tf.function(fn)
 
+  def compile_step(self, fn):
+    """Wraps a training step's device work: one XLA computation with ``xla_whole_step``, else ``fn`` itself."""
+    return tf.function(fn, jit_compile=True) if self.xla_whole_step else fn
+
   def any_worker(self, flag):
     """True on every worker when ``flag`` is true on any of them: a collective, so call it on all workers alike.
 
@@ -97,7 +104,8 @@ class Runtime:
 
   def describe(self):
     return (f"strategy={self.kind} replicas={self.num_replicas} workers={self.num_workers} "
-            f"precision={self.precision} xla={self.xla} devices={','.join(self.devices)}")
+            f"precision={self.precision} xla={self.xla}{' (whole step)' if self.xla_whole_step else ''} "
+            f"devices={','.join(self.devices)}")
 
 
 def validate(config):
@@ -110,6 +118,8 @@ def validate(config):
           f"--config.runtime.cpu_replicas={config.cpu_replicas} must be at least 1")
   require(int(config.steps_per_loop) >= 1,
           f"--config.runtime.steps_per_loop={config.steps_per_loop} must be at least 1")
+  require(not config.get("xla_whole_step") or config.xla,
+          "--config.runtime.xla_whole_step=true needs --config.runtime.xla=true")
   require(config.get("all_reduce", "auto") in ALL_REDUCE,
           f"unknown --config.runtime.all_reduce={config.get('all_reduce')!r}: choose one of {', '.join(ALL_REDUCE)}")
 
@@ -244,10 +254,16 @@ def create(config):
 
   devices = tuple(getattr(strategy.extended, "worker_devices", ()) or ())
   worker_index, num_workers = worker_of(strategy)
+  # On a TPU the strategy compiles the steps itself; elsewhere one XLA computation can't hold variables on
+  # several devices or cross-worker collectives.
+  whole_step = bool(config.get("xla_whole_step")) and kind != "tpu"
+  require(not whole_step or (len(devices) == 1 and num_workers == 1),
+          f"--config.runtime.xla_whole_step=true needs a single device, not {len(devices)} device(s) on "
+          f"{num_workers} worker(s); turn it off for {kind}")
   return Runtime(strategy=strategy, kind=kind, precision=config.precision,
                  compute_dtype=PRECISIONS[config.precision], xla=bool(config.xla) or kind == "tpu",
                  steps_per_loop=int(config.steps_per_loop), devices=devices,
-                 worker_index=worker_index, num_workers=num_workers)
+                 worker_index=worker_index, num_workers=num_workers, xla_whole_step=whole_step)
 
 
 def task_info():

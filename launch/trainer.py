@@ -160,13 +160,14 @@ class Trainer:
       # functools.partial gives each stage's functions their own identity: TensorFlow counts traces per Python
       # function, and would warn of "excessive retracing" for a few traces that are one per stage by design.
       grads = {p.name: self.runtime.compile(functools.partial(self._gradient_fn(p))) for p in self.phases}
-      self._compiled[stage.key] = (grads, tf.function(functools.partial(self._train_steps)), {})
-    self._grads, self._train, self._diagnostic = self._compiled[stage.key]
+      steps = {d: self.runtime.compile_step(functools.partial(self._device_step, diagnostics=d)) for d in (0, 1)}
+      self._compiled[stage.key] = (grads, steps, tf.function(functools.partial(self._train_steps)), {})
+    self._grads, self._steps, self._train, self._diagnostic = self._compiled[stage.key]
     return True
 
   def trace_counts(self):
     """How many times each stage's training call has been traced: {stage key: count} (for tests)."""
-    return {key: train.experimental_get_tracing_count() for key, (_, train, _) in self._compiled.items()}
+    return {key: train.experimental_get_tracing_count() for key, (_, _, train, _) in self._compiled.items()}
 
   # ---- per replica
 
@@ -246,6 +247,8 @@ class Trainer:
       value = tf.nest.map_structure(lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), value)
       self._metrics.add(name, value)
       reduced[name] = metrics_lib.value_of(value)
+      if self.runtime.loss_scaling and name.startswith("grad_norm/"):
+        continue  # an overflowing float16 gradient is routine: the optimizer skips that update
       for part in tf.nest.flatten(value):
         finite = tf.logical_and(finite, tf.math.is_finite(part))
     # Model state that follows global statistics (ADA's p, the path-length mean) is updated here, from the
@@ -261,7 +264,6 @@ class Trainer:
     on the batch, so no work of the step runs before its batch arrives: the wait is idle time. The step's
     share of it is logged as the ratio ``perf/input_wait_fraction`` (waiting / step time).
     """
-    strategy = self.runtime.strategy
     with tf.control_dependencies([previous_step_done]):
       start = tf.timestamp()
     with tf.control_dependencies([start]):
@@ -270,6 +272,15 @@ class Trainer:
       waited = tf.timestamp() - start
     with tf.control_dependencies([waited]):
       step = tf.identity(self.step)
+    finite, done, gradients = self._steps[diagnostics](batch, step)
+    with tf.control_dependencies([done]):
+      elapsed = tf.timestamp() - start
+    self._metrics.add("perf/input_wait_fraction", (tf.cast(waited, tf.float32), tf.cast(elapsed, tf.float32)))
+    return finite, done, gradients
+
+  def _device_step(self, batch, step, diagnostics=False):
+    """The step's work on the devices once its batch is there: every phase group, the EMA, the counters.
+    With ``runtime.xla_whole_step`` this is one XLA computation (``Runtime.compile_step``)."""
     position = step + self.position_offset
     finite = tf.constant(True)
     gradients = {}
@@ -282,13 +293,9 @@ class Trainer:
                      lambda: tf.constant(True))
       finite = tf.logical_and(finite, ok)
     if self.model.ema_pairs:
-      strategy.run(self._replica_ema, args=(self.ema_beta(),))
+      self.runtime.strategy.run(self._replica_ema, args=(self.ema_beta(),))
     self.nimg.assign_add(self.global_batch)
-    done = self.step.assign_add(1)
-    with tf.control_dependencies([done]):
-      elapsed = tf.timestamp() - start
-    self._metrics.add("perf/input_wait_fraction", (tf.cast(waited, tf.float32), tf.cast(elapsed, tf.float32)))
-    return finite, done, gradients
+    return finite, self.step.assign_add(1), gradients
 
   def _train_steps(self, iterator, num_steps):
     finite = tf.constant(True)

@@ -18,7 +18,7 @@ import math
 import keras
 import tensorflow as tf
 
-from genscale.errors import UserError, require
+from genscale.errors import UserError, require, require_choice
 from genscale.shapes import parse_resolution
 from models import base
 from models import layers
@@ -33,6 +33,7 @@ _PRESETS = {
     "wgan-gp": dict(optimizer="adam", lr=1e-4, beta1=0.0, beta2=0.9, n_critic=5),
 }
 _NORMS = ("batch", "layer", "none")
+_OPTIMIZERS = ("adam", "rmsprop", "sgd")
 _CONDITIONING = ("concat", "projection")
 _INIT_STD = 0.02
 
@@ -45,8 +46,7 @@ def resolve(config):
   for key, value in preset.items():
     if m.get(key) is None:
       m[key] = value
-  require(m.optimizer in ("adam", "rmsprop"),
-          f"unknown --config.model.optimizer={m.optimizer!r}: choose adam or rmsprop")
+  require_choice(m.optimizer, _OPTIMIZERS, "--config.model.optimizer")
   require(m.g_norm in _NORMS and m.d_norm in _NORMS,
           f"--config.model.g_norm / d_norm must be one of {', '.join(_NORMS)}")
   require(m.conditioning in _CONDITIONING,
@@ -146,6 +146,8 @@ class Discriminator(tf.Module):
 
 
 def _optimizer(m):
+  if m.optimizer == "sgd":  # plain gradient descent: its step is proportional to the gradient (tests rely on it)
+    return keras.optimizers.SGD(learning_rate=float(m.lr))
   if m.optimizer == "rmsprop":
     return keras.optimizers.RMSprop(learning_rate=float(m.lr))
   return keras.optimizers.Adam(learning_rate=float(m.lr), beta_1=float(m.beta1), beta_2=float(m.beta2))

@@ -53,3 +53,15 @@ def tiny_dcgan():
   c.batch_size = 8
   c.runtime.steps_per_loop = 1
   return c
+
+
+def pytest_collection_modifyitems(items):
+  """Every test without an xdist group joins its file's group (``--dist loadgroup`` then keeps a file together)."""
+  for item in items:
+    if not item.get_closest_marker("xdist_group"):
+      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def in_ci():
+  """True where missing test machinery must fail rather than skip (CI sets CI=true)."""
+  return os.environ.get("CI", "").lower() in ("1", "true", "yes")

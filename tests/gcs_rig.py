@@ -9,10 +9,16 @@ Two loopback servers:
     the fake server rejects, with a Content-Length.
 ``google-cloud-storage`` needs no proxy: it honours ``STORAGE_EMULATOR_HOST``.
 
+mitmproxy pins packages (tornado among them) that the project's own test environment should not be held to, so it
+runs from an environment of its own: ``$GENSCALE_MITMDUMP`` if set, else ``mitmdump`` in
+``~/.cache/genscale/mitmproxy-env`` (or ``$GENSCALE_MITM_ENV``), which the rig creates with pip on first use
+(``python -m tests.gcs_rig --prepare`` does only that).
+
 Run ``python -m tests.gcs_rig BUCKET`` to start both, create the bucket, and print the environment to export in
 another shell; stop it with Ctrl-C.
 """
 
+import fcntl
 import os
 import shutil
 import signal
@@ -69,10 +75,38 @@ def _fake_gcs_binary():
   return os.path.join(directory, names[0])
 
 
+MITMPROXY = "mitmproxy>=10"
+
+
+def proxy_environment():
+  return os.environ.get("GENSCALE_MITM_ENV") or os.path.join(os.path.expanduser("~"), ".cache", "genscale",
+                                                               "mitmproxy-env")
+
+
 def _mitmdump():
-  path = shutil.which("mitmdump") or os.path.join(os.path.dirname(sys.executable), "mitmdump")
-  if not os.path.exists(path):
-    raise RigUnavailable("mitmdump not found (pip install mitmproxy)")
+  """The proxy's executable, from its own environment (created here on first use; one creator at a time)."""
+  explicit = os.environ.get("GENSCALE_MITMDUMP")
+  if explicit:
+    if not os.path.exists(explicit):
+      raise RigUnavailable(f"GENSCALE_MITMDUMP={explicit} does not exist")
+    return explicit
+  home = proxy_environment()
+  path = os.path.join(home, "bin", "mitmdump")
+  if os.path.exists(path):
+    return path
+  os.makedirs(os.path.dirname(home), exist_ok=True)
+  with open(home + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers may all want it at once
+    if not os.path.exists(path):
+      staging = home + ".partial"
+      shutil.rmtree(staging, ignore_errors=True)
+      steps = [[sys.executable, "-m", "venv", staging],
+               [os.path.join(staging, "bin", "python"), "-m", "pip", "install", "-q", MITMPROXY]]
+      for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+          raise RigUnavailable(f"could not install {MITMPROXY} into {staging}: {done.stderr.strip()[-300:]}")
+      os.rename(staging, home)  # complete or absent
   return path
 
 
@@ -178,6 +212,9 @@ class GcsRig:
 
 
 def main():
+  if sys.argv[1:] == ["--prepare"]:
+    print(f"mitmdump: {_mitmdump()}")
+    return
   bucket = sys.argv[1] if len(sys.argv) > 1 else "genscale-runs"
   with GcsRig() as rig:
     rig.create_bucket(bucket)

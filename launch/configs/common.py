@@ -20,6 +20,7 @@ def runtime(**changes):
   r.strategy = "auto"  # auto | cpu | mirrored | multiworker | tpu
   r.precision = "float32"  # float32 | mixed_float16 | mixed_bfloat16
   r.xla = False  # compile the per-replica forward/backward with XLA (always on for TPU)
+  r.xla_whole_step = False  # with xla on one device: compile each step's whole device work, as a TPU does
   r.cpu_replicas = 1  # logical CPU devices; >1 runs MirroredStrategy on a CPU
   r.steps_per_loop = 1  # training steps per compiled call
   r.tpu = "local"  # TPU name or grpc address; "local" on Colab and TPU VMs

@@ -32,7 +32,7 @@ def model():
   m.conditional = False  # class-conditional (cGAN) when the data has labels
   m.conditioning = "concat"  # how D sees the label: concat (one-hot maps) | projection
   # Set from the loss's preset when None (see models/dcgan.py).
-  m.optimizer = ml_collections.config_dict.placeholder(str)
+  m.optimizer = ml_collections.config_dict.placeholder(str)  # adam | rmsprop | sgd
   m.lr = ml_collections.config_dict.placeholder(float)
   m.beta1 = ml_collections.config_dict.placeholder(float)
   m.beta2 = ml_collections.config_dict.placeholder(float)

@@ -120,6 +120,7 @@ class StyleGAN2(base.GenerativeModel):
     self.ada_target, self.ada_interval, self.ada_kimg = float(m.ada_target), int(m.ada_interval), float(m.ada_kimg)
     self.w_avg_beta, self.w_avg_samples = float(m.w_avg_beta), int(m.w_avg_samples)
     self.mbstd_group_size = int(m.mbstd_group_size)
+    self.xla = bool(hardware.xla)
 
     args = (m, self.resolution, self.channels, self.num_classes)
     keys = layers.Keys(self.seed)
@@ -194,7 +195,8 @@ class StyleGAN2(base.GenerativeModel):
     one call); minibatch-stddev groups stay within each batch.
     """
     if self.augment_mode != "none":
-      images = augment_lib.augment(images, self.augment_p, draws["augment"], self.augment_ops)
+      images = augment_lib.augment(images, self.augment_p, draws["augment"], self.augment_ops,
+                                   branch_free=self.xla)
     batch = draws.batch
     group = min(self.mbstd_group_size, batch)
     if batch % group:

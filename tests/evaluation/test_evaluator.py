@@ -64,7 +64,10 @@ def test_the_evaluator_scores_a_model_and_computes_its_reference_once(tiny_dcgan
   first = evaluator(5)
   assert set(first) == {f"eval/{m}_classifier" for m in ("fid", "kid", "kid_std", "is", "is_std", "precision",
                                                          "recall")}
-  assert first["eval/fid_classifier"] > 0 and 1.0 <= first["eval/is_classifier"] <= 10.0
+  assert first["eval/fid_classifier"] > 0
+  # An untrained generator's samples look alike to the classifier: far below real digits' Inception Score
+  # (test_a_data_source_scored_against_itself_has_no_distance: above 8.5 of at most 10).
+  assert first["eval/is_classifier"] < 3.0
 
   def no_second_reference(*args, **kwargs):
     raise AssertionError("the reference statistics were computed again")
@@ -86,9 +89,11 @@ def test_the_evaluator_scores_a_model_and_computes_its_reference_once(tiny_dcgan
 def test_a_data_source_scored_against_itself_has_no_distance(tiny_dcgan, tmp_path):
   config = tiny_dcgan
   config.eval_data = "embedded:mnist:test"
-  config.eval_metrics = "fid,pr"
+  config.eval_metrics = "fid,pr,is"
   evaluator = Evaluator(runtime_lib.create(rundir.prepare_config(config).runtime), None, config,
                         pipelines.open_source(config.data).info, None, progress=False)
   scores = evaluator.evaluate_source("embedded:mnist:test")
   assert scores["eval/fid_classifier"] == pytest.approx(0.0, abs=1e-6)
   assert scores["eval/precision_classifier"] == 1.0 and scores["eval/recall_classifier"] == 1.0
+  # Ten nearly balanced classes, each recognised with confidence: exp(H(p(y)) - E H(p(y|x))) close to 10.
+  assert 8.5 < scores["eval/is_classifier"] <= 10.0

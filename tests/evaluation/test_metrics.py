@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from evaluation import metrics
 from evaluation.stats import FeatureStats
@@ -36,13 +37,12 @@ def test_frechet_distance_of_commuting_covariances_has_the_closed_form():
 
 
 def test_frechet_distance_of_general_covariances_matches_a_matrix_square_root():
-  scipy_linalg = pytest.importorskip("scipy.linalg")
   rng = np.random.default_rng(2)
   a, b = rng.normal(size=(10, 10)), rng.normal(size=(10, 10))
   c1, c2 = a @ a.T + 0.1 * np.eye(10), b @ b.T + 0.1 * np.eye(10)  # do not commute
   m1, m2 = rng.normal(size=10), rng.normal(size=10)
   expected = (np.sum((m1 - m2)**2) + np.trace(c1) + np.trace(c2)
-              - 2.0 * np.trace(scipy_linalg.sqrtm(c1 @ c2)).real)
+              - 2.0 * np.trace(scipy.linalg.sqrtm(c1 @ c2)).real)
   assert metrics.frechet_distance(m1, c1, m2, c2) == pytest.approx(expected, rel=1e-9)
 
 

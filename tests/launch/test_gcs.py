@@ -11,7 +11,7 @@ import pytest
 from genscale.errors import UserError
 from launch import lock as lock_lib
 from launch import storage
-from tests.conftest import ROOT, error_lines, run_module
+from tests.conftest import ROOT, error_lines, in_ci, run_module
 from tests.gcs_rig import GcsRig, RigUnavailable
 
 TINY = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
@@ -25,7 +25,7 @@ def rig():
   try:
     server = GcsRig().start()
   except RigUnavailable as e:
-    pytest.skip(f"the fake GCS rig could not start here: {e}")
+    (pytest.fail if in_ci() else pytest.skip)(f"the fake GCS rig could not start here: {e}")
   server.create_bucket(BUCKET)
   saved = {k: os.environ.get(k) for k in server.env}
   os.environ.update({k: v for k, v in server.env.items() if k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")})
@@ -118,3 +118,26 @@ def test_gcs_lock_uses_a_generation_precondition(rig):
     lock_lib.WorkdirLock(workdir).acquire()
   with lock_lib.WorkdirLock(workdir, break_stale=True):
     assert storage.read_json(f"{workdir}/lock.json")["pid"] == os.getpid()
+
+
+def test_racing_creators_on_gcs_one_wins(rig):
+  """Creating the lock is one upload with the precondition "no object yet" (if_generation_match=0): of creators
+  that race, at the same moment, exactly one gets the lock, every round."""
+  import threading  # pylint: disable=g-import-not-at-top
+  workdir = f"gs://{BUCKET}/runs/race"
+  for _ in range(3):
+    contenders = [lock_lib.WorkdirLock(workdir) for _ in range(6)]
+    barrier = threading.Barrier(len(contenders))
+    won = []
+
+    def create(lock):
+      barrier.wait()
+      won.append(lock._create())  # pylint: disable=protected-access
+
+    threads = [threading.Thread(target=create, args=(lock,)) for lock in contenders]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join(timeout=60)
+    assert sorted(won) == [False] * 5 + [True], won
+    storage.blob(f"{workdir}/lock.json").delete()

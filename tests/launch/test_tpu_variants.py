@@ -1,24 +1,32 @@
-"""Every config file's ``tpu`` variant compiles under XLA and trains: the closest a CPU gets to a TPU.
+"""Every config file's ``tpu`` variant compiles as a TPU compiles it: the closest a CPU gets to a TPU.
 
-A TPU compiles the whole replica step with XLA, in bfloat16, several steps per call, with static shapes. Here each
-``tpu`` variant runs 2 steps with the strategy overridden to one CPU, XLA on (the per-replica forward and backward
-are jit-compiled, so an op XLA can't compile, such as ``tf.py_function``, ``tf.print`` or a bicubic resize, fails
-the test), ``mixed_bfloat16`` and 2 steps per compiled call. XLA under MirroredStrategy is tested in test_loop.py. Only what a
-CPU can't hold is changed: the data (the embedded digits, so resolution at most 32), the global batch, and the
-network widths (the papers' 128-512 feature maps take minutes to compile and run in emulated bfloat16 on a CPU;
-the code paths are the same at any width).
+What is compiled here, for each family, in ``mixed_bfloat16`` with the strategy moved to one CPU:
+  - the training step's whole device work as ONE XLA computation (``runtime.xla_whole_step``): every phase's loss
+    and gradients, the optimizer updates, the lazy phases' conditions, ``update_state`` (ADA p, lod, path-length
+    mean...), the EMA and the counters. Only reading the next batch stays outside, as on a TPU, where the host
+    feeds the compiled step. Two steps run: the lazy phases run at step 0 and are skipped at step 1.
+  - the sampler (``model.generate`` as ``launch.sample`` and the sample grids call it), XLA-compiled.
+An op XLA can't compile (``tf.py_function``, ``tf.print``, a bicubic resize, a dynamic shape) fails the test. XLA
+under MirroredStrategy (per-replica gradients only) is tested in test_loop.py. Only what a CPU can't hold is
+changed: the data (the embedded digits, so resolution at most 32; StyleGAN2 at 16), the global batch, and the
+network widths (the papers' 128-512 feature maps take minutes to compile on a CPU; the code paths are the same at
+any width and depth).
 """
 
 import glob
 import importlib
-import json
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from launch import loop
+from launch import rundir
+from launch import runtime as runtime_lib
+from launch.sampling import Sampler
+from launch.trainer import Trainer
 from tests.conftest import ROOT
+import pipelines
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "launch", "configs", "*.py"))
                  if "def get_config" in open(p).read())
@@ -27,44 +35,52 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 # Model keys that set network widths, and CPU-sized values for them; a family uses the ones it has.
 _CPU_SIZED = {"channels": 16, "num_blocks": 1, "channel_base": 512, "channel_max": 32, "width_base": 512,
               "width_max": 32, "z_dim": 32, "w_dim": 32, "latent_dim": 32, "mbstd_group_size": 4,
-              "sample_steps": 2}
+              "sample_steps": 2, "mapping_layers": 2}
+
+
+# Smallest resolution a family's tpu network takes (the U-Nets' four levels need 32); fewer blocks compile faster.
+_RESOLUTION = {"stylegan2": 16}
 
 
 def tpu_config(name):
   return importlib.import_module(f"launch.configs.{name}").get_config("tpu")
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_tpu_variant_is_what_a_tpu_needs(name):
-  config = tpu_config(name)
-  runtime = config.runtime
-  assert runtime.strategy == "tpu" and runtime.precision == "mixed_bfloat16"
-  assert runtime.steps_per_loop > 1
-  assert config.batch_size % 8 == 0  # splits over the 8 replicas of a v2-8 or v3-8
-
-
-@pytest.mark.parametrize("name", CONFIGS)
-def test_tpu_variant_trains_two_steps_under_xla_in_bfloat16(name, tmp_path):
-  config = tpu_config(name)
+def _on_one_cpu(config):
   with config.unlocked():
     config.data = "embedded:mnist"
-    config.resolution = min(32, int(str(config.resolution).split("x")[0]))
+    config.resolution = _RESOLUTION.get(config.model.name, min(32, int(str(config.resolution).split("x")[0])))
     config.batch_size = 4
-    config.steps = 2
-    config.log_every = 2
-    config.sample_every = 2
-    config.sample_grid = 4
-    config.checkpoint_every = 2
     for key, value in _CPU_SIZED.items():
       if key in config.model:
         config.model[key] = value
-    config.runtime.strategy = "cpu"
-    config.runtime.cpu_replicas = 1
-    config.runtime.xla = True
-    config.runtime.steps_per_loop = 2
-  assert config.runtime.precision == "mixed_bfloat16"
-  workdir = str(tmp_path / name)
-  metrics = loop.train(config, workdir)
-  assert metrics and all(np.isfinite(v) for v in metrics.values()), metrics
-  with open(os.path.join(workdir, "status.json"), encoding="utf-8") as f:
-    assert json.load(f)["step"] == 2
+    config.runtime.update(strategy="cpu", cpu_replicas=1, xla_whole_step=True)
+  return rundir.prepare_config(config)
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras_policy():
+  yield
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(f"tpu-{n}")) for n in CONFIGS])
+def test_tpu_variant_compiles_its_whole_step_and_its_sampler_with_xla_in_bfloat16(name):
+  config = _on_one_cpu(tpu_config(name))
+  assert config.runtime.precision == "mixed_bfloat16" and config.runtime.xla  # what the variant itself sets
+  runtime = runtime_lib.create(config.runtime)
+  assert runtime.xla_whole_step and runtime.compute_dtype == tf.bfloat16
+  trainer = Trainer(config, runtime, pipelines.open_source(config.data))
+  before = [v.numpy() for v in trainer.model.trainable_variables]
+  result = trainer.run(2)
+  assert result.finite and result.step == 2, result.values()
+  assert all(np.isfinite(v) for v in result.values().values()), result.values()
+  assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, trainer.model.trainable_variables))
+  # The steps ran as the jit-compiled function (a jit_compile function runs only once XLA has compiled it).
+  step_fn = trainer._steps[0]  # pylint: disable=protected-access
+  assert step_fn._jit_compile and step_fn.experimental_get_tracing_count() >= 1  # pylint: disable=protected-access
+  images = Sampler(runtime, trainer.model, 4, ema=True).batch([0, 1])
+  height = int(config.resolution)
+  assert images.shape == (4, height, height, int(config.channels)) and np.isfinite(images).all()
+  assert images.std() > 0  # not a constant image

@@ -2,7 +2,9 @@
 
 "mean": one parameter image m; per-example loss = mean over pixels of (m - x)²; trained with plain SGD, one step
 moves m to m - lr * 2 (m - x̄) / P, where x̄ is the mean image of the global batch and P the pixel count. Its EMA
-copy follows the loop's EMA rule. ``model.nan_at_step`` makes the loss NaN at that data-stream position.
+copy follows the loop's EMA rule. ``model.nan_at_step`` makes the loss NaN at that data-stream position;
+``model.inf_grad_at_step`` keeps the loss finite there but makes its gradient infinite (what a float16 overflow
+does), which a loss-scaling optimizer must skip.
 """
 
 import keras
@@ -27,11 +29,13 @@ class MeanImage(base.GenerativeModel):
     self.ema, self.ema_pairs = base.ema_copy(lambda keys: _holder(shape), holder, config.seed)
     self.optimizers = {"sgd": keras.optimizers.SGD(float(config.model.lr))}
     self.nan_at_step = int(config.model.nan_at_step)
+    self.inf_grad_at_step = int(config.model.get("inf_grad_at_step", -1))
     self.compute_dtype = hardware.compute_dtype
 
   def loss(self, batch, rng):
     x = tf.cast(batch["image"], self.compute_dtype)
-    per_example = tf.reduce_mean(tf.square(tf.cast(self.m, self.compute_dtype) - x), axis=[1, 2, 3])
+    m = _infinite_gradient_where(self.m, rng.key[1] == self.inf_grad_at_step)
+    per_example = tf.reduce_mean(tf.square(tf.cast(m, self.compute_dtype) - x), axis=[1, 2, 3])
     if self.nan_at_step >= 0:
       poison = tf.where(rng.key[1] == self.nan_at_step, float("nan"), 1.0)
       per_example = tf.cast(per_example, tf.float32) * poison
@@ -46,6 +50,14 @@ class MeanImage(base.GenerativeModel):
   def generate(self, rng, labels=None, ema=True, **options):
     m = self.ema.m if ema else self.m
     return tf.tile(m[None], [rng.per_replica_batch, 1, 1, 1])
+
+
+@tf.custom_gradient
+def _infinite_gradient_where(value, poisoned):
+  """The identity, whose gradient is infinite where ``poisoned`` holds."""
+  def gradient(upstream):
+    return tf.where(poisoned, tf.fill(tf.shape(upstream), float("inf")), upstream), None
+  return tf.identity(value), gradient
 
 
 def _holder(shape):

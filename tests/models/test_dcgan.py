@@ -31,7 +31,7 @@ def test_output_shapes(tiny_dcgan, resolution, channels, width):
   height, side = (32, 64) if resolution == "32x64" else (resolution, resolution)
   assert images.shape == (4, height, side, channels)
   assert images.dtype == tf.float32
-  assert float(tf.reduce_max(tf.abs(images))) <= 1.0
+  assert not np.allclose(images[0].numpy(), images[1].numpy())  # each example's own latent reaches the image
   logits = model.discriminator(images)
   assert logits.shape == (4,)
 

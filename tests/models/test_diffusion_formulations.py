@@ -40,6 +40,23 @@ def test_forward_noising_matches_the_closed_form(schedule, closed_form):
   np.testing.assert_allclose(noisy, np.sqrt(a) * x0 + np.sqrt(1 - a) * eps, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("schedule,closed_form", [("linear", _linear_alphas_cumprod),
+                                                  ("cosine", _cosine_alphas_cumprod)])
+def test_the_v_target_is_the_formula_and_the_eps_target_is_the_noise(schedule, closed_form):
+  """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (Salimans & Ho 2022), with ᾱ_t from the closed form, not the class's table."""
+  rng = np.random.default_rng(3)
+  x0 = rng.uniform(-1, 1, size=(5, 4, 4, 1)).astype(np.float32)
+  eps = rng.normal(size=(5, 4, 4, 1)).astype(np.float32)
+  t = np.array([0, 3, 100, 500, 990])
+  a = closed_form()[t][:, None, None, None]
+  v = formulations.DDPM(schedule, T, prediction="v").target(tf.constant(x0), tf.constant(t), tf.constant(eps))
+  np.testing.assert_allclose(v.numpy(), np.sqrt(a) * eps - np.sqrt(1 - a) * x0, rtol=1e-5, atol=1e-6)
+  e = formulations.DDPM(schedule, T, prediction="eps").target(tf.constant(x0), tf.constant(t), tf.constant(eps))
+  np.testing.assert_array_equal(e.numpy(), eps)
+  # v at the two ends: mostly noise at t = 0 (ᾱ near 1), mostly -x0 at the last step (ᾱ near 0).
+  assert np.abs(v.numpy()[0] - eps[0]).max() < 0.02 and np.abs(v.numpy()[-1] + x0[-1]).max() < 0.1
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_the_one_step_chain_reaches_the_closed_form_marginal(schedule):
   # Running q(x_t | x_{t-1}) = N(sqrt(1 - β_t) x_{t-1}, β_t) step by step gives N(sqrt(ᾱ_t) x0, 1 - ᾱ_t).

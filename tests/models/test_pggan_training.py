@@ -1,5 +1,5 @@
 """Progressive GAN training through the loop, across a fade-in: the stages (input resolution, batch, one trace
-each), the schedule in the checkpoint, resume mid-fade and across a stage change, one device vs Mirrored, XLA on
+each), the schedule in the checkpoint, resume mid-fade and across a stage change, XLA on
 vs off, and bfloat16 with XLA.
 
 Schedule of the tiny run (8x8 target; batch 16 at 4x4 and 8 at 8x8; 4x4 stable for 16 images, 8x8 faded in over
@@ -161,13 +161,6 @@ def test_a_resumed_run_equals_the_unbroken_run(unbroken, at):
   _assert_same(unbroken["state"], _state(trainer), rtol=0, atol=0)  # weights, EMA, optimizer slots: bitwise
 
 
-def test_one_device_and_mirrored_reach_the_same_weights(unbroken):
-  trainer = _trainer(_config(), cpu_replicas=2)
-  assert trainer.runtime.num_replicas == 2
-  _, finite = run_steps(trainer, STEPS)
-  assert finite and float(trainer.model.lod.numpy()) == LODS[STEPS]
-  _assert_same(unbroken["state"], _state(trainer), rtol=1e-4, atol=1e-5)
-
 
 def test_xla_and_no_xla_agree(unbroken):
   """Through the 4x4 stage and the fade (two XLA compilations; the stable 8x8 stage adds nothing new here)."""
@@ -191,3 +184,31 @@ def test_bfloat16_with_xla_trains_across_the_fade(unbroken):
   assert all(v.dtype == tf.float32 for v in model.generator.variables + model.discriminator.variables)
   assert not np.array_equal(trainer.model.generator.to_rgb[1].w.numpy(), new_block)  # trained once faded in
   del unbroken
+
+
+def test_a_fresh_process_resumes_mid_fade_as_the_unbroken_run(tmp_path):
+  """``launch.train`` to step 3 (mid-fade: alpha 0.75 next) here, then the same command to step 5 in a new process
+  (nothing traced, nothing cached): its final checkpoint equals, bitwise, a run of 5 steps in one go."""
+  from launch import checkpoints, loop  # pylint: disable=g-import-not-at-top
+  from launch.configs import common, pggan  # pylint: disable=g-import-not-at-top
+  from tests.conftest import run_module  # pylint: disable=g-import-not-at-top
+  changes = {"resolution": 8, "batch_size": 8, "model.latent_dim": 16, "model.width_base": 128,
+             "model.width_max": 32, "model.stable_kimg": 0.016, "model.fade_kimg": 0.032,
+             "model.batch_by_resolution": "4:16", "runtime.steps_per_loop": 1, "checkpoint_every": 3,
+             "log_every": 1, "sample_every": 100, "sample_grid": 4}
+  config = lambda steps: common.apply(pggan.get_config("cpu"), {**changes, "steps": steps})
+  unbroken, resumed = str(tmp_path / "unbroken"), str(tmp_path / "resumed")
+  loop.train(config(5), unbroken)
+  loop.train(config(3), resumed)
+  flags = [f"--config.{k}={v}" for k, v in {**changes, "steps": 5}.items()]
+  second = run_module("launch.train", "--config=launch/configs/pggan.py:cpu", *flags, f"--workdir={resumed}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming at step 3" in second.stdout and "stage 8x8 fade-in" in second.stdout
+  values = []
+  for run in (unbroken, resumed):
+    reader = tf.train.load_checkpoint(checkpoints.latest(run))
+    values.append({k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k})
+  assert values[0].keys() == values[1].keys()
+  assert values[1]["model/lod/.ATTRIBUTES/VARIABLE_VALUE"] == pytest.approx(LODS[STEPS])
+  for key, value in values[0].items():
+    np.testing.assert_array_equal(values[1][key], value, err_msg=key)

@@ -226,6 +226,13 @@ def test_each_augmentation_is_the_identity_at_p0_and_acts_at_p1(op):
   assert not np.allclose(changed, images.numpy()), op
 
 
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_the_branch_free_pipeline_xla_uses_gives_the_same_images(p):
+  images, values = _images(), augment.random_values(_rng(8), "a")
+  with_cond = augment.augment(images, p, values, augment.ALL).numpy()
+  np.testing.assert_array_equal(augment.augment(images, p, values, augment.ALL, branch_free=True).numpy(), with_cond)
+
+
 def test_pipeline_at_p0_is_the_identity_and_compiles_with_xla():
   images = _images(channels=1)
   rng = _rng(8)
