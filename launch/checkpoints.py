@@ -46,17 +46,25 @@ def saved_step(path):
   return int(tf.train.load_variable(path, STEP_KEY))
 
 
-def read_state(workdir):
-  """The committed-checkpoint record of a run, or None."""
-  return storage.read_json(os.path.join(directory_of(workdir), STATE))
+def read_state(workdir, warn=None):
+  """The committed-checkpoint record of a run, or None when there is none or it is not valid JSON (then ``warn``
+  is told, naming the file; the checkpoint files themselves still tell which checkpoints exist)."""
+  path = os.path.join(directory_of(workdir), STATE)
+  try:
+    return storage.read_json(path)
+  except ValueError as e:
+    if warn is not None:
+      warn(f"warning: {path} is not valid JSON ({e}); using the checkpoint files beside it")
+    return None
 
 
-def committed_steps(workdir):
+def committed_steps(workdir, warn=None):
   """Steps of the run's complete checkpoints, newest first.
 
-  From ``state.json``; for a directory without one (written by other tools), from the ``.index`` files present.
+  From ``state.json``; without a valid one (a directory written by other tools, a file cut off), from the
+  ``.index`` files present.
   """
-  state = read_state(workdir)
+  state = read_state(workdir, warn)
   if state is not None:
     return sorted((int(s) for s in state.get("steps", [])), reverse=True)
   directory = directory_of(workdir)
@@ -147,7 +155,7 @@ class Store:
     one every worker can read: a shared disk or gs://). A checkpoint that fails to restore is reported through
     ``warn`` and skipped, never deleted.
     """
-    steps = committed_steps(self.workdir)
+    steps = committed_steps(self.workdir, warn=warn if self.is_chief else None)
     for i, step in enumerate(steps):
       path = path_of(self.workdir, step)
       try:
@@ -190,8 +198,8 @@ class Store:
       shutil.rmtree(self.directory, ignore_errors=True)
       os.makedirs(self.directory, exist_ok=True)
       return
-    state = read_state(self.workdir) or {"steps": [], "saved_at": {}}
-    steps = sorted(set(int(s) for s in state["steps"]) | {step})
+    state = read_state(self.workdir) or {"saved_at": {}}
+    steps = sorted(set(committed_steps(self.workdir)) | {step})
     saved_at = {str(k): v for k, v in state.get("saved_at", {}).items()}
     saved_at[str(step)] = time.time()
     kept = self._retained(steps)

@@ -22,8 +22,11 @@ def main(argv):
   from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
   config = rundir.prepare_config(FLAGS.config)
+  from genscale.errors import require  # pylint: disable=g-import-not-at-top
   runtime = runtime_lib.create(config.runtime)
-  batch = int(config.batch_size)
+  batch, replicas = int(config.batch_size), runtime.num_replicas
+  require(batch % replicas == 0,
+          f"--config.batch_size {batch} is not divisible by {replicas} replicas; use a multiple of {replicas}")
   print(runtime.describe())
   print(f"global batch {batch}: {batch // runtime.num_replicas} per replica, {runtime.steps_per_loop} steps per "
         "compiled call")

@@ -30,6 +30,22 @@ def error_lines(stderr):
   return [line for line in stderr.splitlines() if line.startswith("genscale: error:")]
 
 
+def config_from_flags(*args):
+  """The config that ``launch.train`` builds from these ``--config=...`` and ``--config.key=value`` arguments."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ["genscale", *args]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=False, sys_argv=argv)
+  cwd = os.getcwd()
+  os.chdir(ROOT)  # config paths are relative to the repository, as the tests' commands run there
+  try:
+    flag_values(argv)
+    return flag_values.config
+  finally:
+    os.chdir(cwd)
+
+
 def build_trainer(config, **runtime_overrides):
   """A Trainer for ``config`` (a new run, at step 0) with ``runtime`` overrides."""
   from launch import rundir  # pylint: disable=g-import-not-at-top
@@ -55,6 +71,7 @@ def tiny_dcgan():
   return c
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
   """Every test without an xdist group joins its file's group (``--dist loadgroup`` then keeps a file together)."""
   for item in items:

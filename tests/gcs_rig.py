@@ -91,22 +91,22 @@ def _mitmdump():
       raise RigUnavailable(f"GENSCALE_MITMDUMP={explicit} does not exist")
     return explicit
   home = proxy_environment()
-  path = os.path.join(home, "bin", "mitmdump")
-  if os.path.exists(path):
+  path, complete = os.path.join(home, "bin", "mitmdump"), os.path.join(home, ".genscale-complete")
+  if os.path.exists(complete):
     return path
   os.makedirs(os.path.dirname(home), exist_ok=True)
   with open(home + ".lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers may all want it at once
-    if not os.path.exists(path):
-      staging = home + ".partial"
-      shutil.rmtree(staging, ignore_errors=True)
-      steps = [[sys.executable, "-m", "venv", staging],
-               [os.path.join(staging, "bin", "python"), "-m", "pip", "install", "-q", MITMPROXY]]
+    if not os.path.exists(complete):
+      shutil.rmtree(home, ignore_errors=True)  # an interrupted earlier attempt
+      # Built in place: a virtual environment's scripts name its interpreter by absolute path.
+      steps = [[sys.executable, "-m", "venv", home],
+               [os.path.join(home, "bin", "python"), "-m", "pip", "install", "-q", MITMPROXY]]
       for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-          raise RigUnavailable(f"could not install {MITMPROXY} into {staging}: {done.stderr.strip()[-300:]}")
-      os.rename(staging, home)  # complete or absent
+          raise RigUnavailable(f"could not install {MITMPROXY} into {home}: {done.stderr.strip()[-300:]}")
+      open(complete, "w").close()
   return path
 
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 from genscale.errors import UserError
 from launch import checkpoints
 from launch import lock as lock_lib
+from launch import loop
 from launch import runs
 from tests.conftest import ROOT, error_lines, run_module
 
@@ -28,19 +29,30 @@ def _variables(path):
           if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
-def _train(workdir, *args, **kw):
-  result = run_module("launch.train", *TINY, f"--workdir={workdir}", *args, **kw)
-  return result
+def _config(**changes):
+  """The tiny DCGAN of TINY, as a config for ``loop.train`` in this process."""
+  from launch.configs import common, dcgan  # pylint: disable=g-import-not-at-top
+  values = {"model.g_width": 8, "model.d_width": 8, "model.latent_dim": 16, "batch_size": 16, "sample_every": 1000,
+            "sample_grid": 4, "runtime.steps_per_loop": 1, **changes}
+  return common.apply(dcgan.get_config("cpu"), values)
+
+
+def _train_here(workdir, **changes):
+  """``launch.train`` in this process; returns its standard output."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    loop.train(_config(**changes), workdir)
+  return out.getvalue()
 
 
 def test_a_resumed_run_is_bitwise_equal_to_an_unbroken_one(tmp_path):
   straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
-  common = ["--config.checkpoint_every=4", "--config.log_every=4"]
-  assert _train(straight, "--config.steps=8", *common).returncode == 0
-  first = _train(broken, "--config.steps=4", *common)
-  assert first.returncode == 0, first.stderr[-2000:]
-  second = _train(broken, "--config.steps=8", *common)
-  assert second.returncode == 0 and "resuming at step 4" in second.stdout
+  common = dict(checkpoint_every=4, log_every=4)
+  _train_here(straight, steps=8, **common)
+  _train_here(broken, steps=4, **common)
+  assert "resuming at step 4" in _train_here(broken, steps=8, **common)
   a, b = _variables(checkpoints.path_of(straight, 8)), _variables(checkpoints.path_of(broken, 8))
   assert a.keys() == b.keys()
   names = " ".join(a)
@@ -82,9 +94,8 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "status.json"))  # no clean exit was recorded
   listed = runs.describe_run(workdir)
   assert listed["status"].startswith("stale lock") and listed["step"] == saved  # dead pid on this host
-  again = _train(workdir, f"--config.steps={saved + 5}", "--config.checkpoint_every=5", "--config.log_every=5")
-  assert again.returncode == 0, again.stderr[-2000:]
-  assert f"resuming at step {saved}" in again.stdout
+  again = _train_here(workdir, steps=saved + 5, checkpoint_every=5, log_every=5)
+  assert f"resuming at step {saved}" in again
   assert checkpoints.committed_steps(workdir)[0] == saved + 5
 
 
@@ -92,7 +103,8 @@ def test_sigterm_saves_the_current_step_and_exits_75(tmp_path):
   workdir = str(tmp_path / "run")
   process = _start(workdir, "--config.steps=100000", "--config.checkpoint_every=1000", "--config.log_every=5")
   _wait_for(lambda: os.path.exists(os.path.join(workdir, "samples", "reals.png")), 120, process)  # loop started
-  time.sleep(8)  # some steps
+  _wait_for(lambda: os.path.exists(os.path.join(workdir, "tensorboard")) and _logged_step(workdir) >= 5, 120,
+            process)  # some steps trained
   process.send_signal(signal.SIGTERM)
   out, err = process.communicate(timeout=120)
   assert process.returncode == 75, err[-2000:]
@@ -103,55 +115,89 @@ def test_sigterm_saves_the_current_step_and_exits_75(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "lock.json"))  # released
 
 
+def _logged_step(workdir):
+  """The last step with a D/loss scalar in the run's events (0 before the first)."""
+  steps = [0]
+  for path in glob.glob(os.path.join(workdir, "tensorboard", "events.*")):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(path):
+        steps += [event.step for v in event.summary.value if v.tag == "D/loss"]
+    except tf.errors.DataLossError:  # the writer is appending
+      pass
+  return max(steps)
+
+
+def test_sigint_in_this_process_saves_and_stops_and_a_second_one_interrupts(tmp_path):
+  import threading  # pylint: disable=g-import-not-at-top
+  from launch import signals as signals_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  timer = threading.Timer(6.0, lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C, once training runs
+  timer.start()
+  try:
+    with pytest.raises(loop.Preempted, match="stopped by SIGINT at step"):
+      _train_here(workdir, steps=100000, checkpoint_every=100000, log_every=5)
+  finally:
+    timer.cancel()
+  status = json.load(open(os.path.join(workdir, "status.json")))
+  assert status["status"] == "preempted" and status["signal"] == "SIGINT"
+  assert checkpoints.committed_steps(workdir) == [status["step"]] and status["step"] > 0
+  # A second Ctrl-C while the first is being handled (the save) interrupts at once.
+  stop = signals_lib.StopSignals()
+  stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
+  assert stop.requested == "SIGINT"
+  with pytest.raises(KeyboardInterrupt):
+    stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
+  stop._handle(signal.SIGTERM, None)  # pylint: disable=protected-access  (a second SIGTERM only notes it)
+  assert stop.requested == "SIGTERM"
+
+
 def test_a_truncated_newest_checkpoint_falls_back_with_a_warning(tmp_path):
   workdir = str(tmp_path / "run")
-  assert _train(workdir, "--config.steps=10", "--config.checkpoint_every=5").returncode == 0
+  _train_here(workdir, steps=10, checkpoint_every=5)
   newest = checkpoints.path_of(workdir, 10)
   data = glob.glob(newest + ".data-*")[0]
   size = os.path.getsize(data)
   with open(data, "r+b") as f:
     f.truncate(size // 2)
-  again = _train(workdir, "--config.steps=15", "--config.checkpoint_every=5")
-  assert again.returncode == 0, again.stderr[-2000:]
-  assert f"warning: checkpoint {newest} failed to restore" in again.stdout
-  assert "falling back to ckpt-5" in again.stdout and "resuming at step 5" in again.stdout
+  again = _train_here(workdir, steps=15, checkpoint_every=5)
+  assert f"warning: checkpoint {newest} failed to restore" in again
+  assert "falling back to ckpt-5" in again and "resuming at step 5" in again
   assert os.path.exists(newest + ".index")  # the bad checkpoint is never deleted automatically
+
+
+def test_a_corrupt_state_file_falls_back_to_the_checkpoint_files(tmp_path):
+  workdir = str(tmp_path / "run")
+  _train_here(workdir, steps=4, checkpoint_every=2)
+  state = os.path.join(checkpoints.directory_of(workdir), "state.json")
+  with open(state, "w") as f:
+    f.write('{"steps": [2, 4], "lat')  # cut off mid-write
+  assert checkpoints.committed_steps(workdir) == [4, 2]  # from the .index files
+  again = _train_here(workdir, steps=6, checkpoint_every=2)
+  assert f"warning: {state} is not valid JSON" in again and "resuming at step 4" in again
+  assert checkpoints.read_state(workdir)["latest"] == 6  # rewritten whole by the next commit
 
 
 def test_orphan_temp_directories_are_removed_at_start(tmp_path):
   workdir = str(tmp_path / "run")
   orphan = os.path.join(checkpoints.directory_of(workdir), "ckpt-7_temp")
   os.makedirs(os.path.join(orphan, "part-00000"))
-  assert _train(workdir, "--config.steps=2", "--config.checkpoint_every=2").returncode == 0
+  _train_here(workdir, steps=2, checkpoint_every=2)
   assert not os.path.exists(orphan)
 
 
 def test_a_held_lock_refuses_and_a_stale_one_is_detected(tmp_path):
   workdir = str(tmp_path / "run")
   with lock_lib.WorkdirLock(workdir):  # this test process holds it, with a fresh heartbeat
-    held = _train(workdir, "--config.steps=2")
-  assert held.returncode == 2
-  assert error_lines(held.stderr)[0].startswith(f"genscale: error: --workdir {workdir} is in use by host ")
-  assert f"pid {os.getpid()}" in error_lines(held.stderr)[0]
+    with pytest.raises(UserError) as held:
+      _train_here(workdir, steps=2)
+  assert str(held.value).startswith(f"--workdir {workdir} is in use by host ") and f"pid {os.getpid()}" in str(
+      held.value)
   stale = {"host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - 3600}
   with open(os.path.join(workdir, "lock.json"), "w") as f:
     json.dump(stale, f)
-  refused = _train(workdir, "--config.steps=2")
-  assert refused.returncode == 2 and "has a stale lock from host elsewhere pid 1" in refused.stderr
-  assert "rerun with --break_lock" in refused.stderr
-  broken = _train(workdir, "--config.steps=2", "--break_lock")
-  assert broken.returncode == 0, broken.stderr[-2000:]
-  assert not os.path.exists(os.path.join(workdir, "lock.json"))
-
-
-def test_lock_semantics_in_process(tmp_path):
-  workdir = str(tmp_path / "w")
-  with lock_lib.WorkdirLock(workdir, heartbeat_seconds=0.1) as held:
-    first = json.load(open(held.path))["heartbeat"]
-    time.sleep(0.5)
-    assert json.load(open(held.path))["heartbeat"] > first  # the heartbeat moves
-    with pytest.raises(UserError, match="is in use by"):
-      lock_lib.WorkdirLock(workdir).acquire()
+  with pytest.raises(UserError, match="has a stale lock from host elsewhere pid 1.*rerun with --break_lock"):
+    _train_here(workdir, steps=2)
+  loop.train(_config(steps=2), workdir, break_lock=True)
   assert not os.path.exists(os.path.join(workdir, "lock.json"))
 
 
@@ -195,7 +241,7 @@ def test_an_asynchronous_save_holds_the_values_of_the_moment_it_was_taken(tmp_pa
 
 def test_runs_list_reports_step_time_and_status(tmp_path, capsys):
   workdir = str(tmp_path / "runs" / "a")
-  assert _train(workdir, "--config.steps=4", "--config.checkpoint_every=2").returncode == 0
+  _train_here(workdir, steps=4, checkpoint_every=2)
   result = run_module("launch.runs", "list", str(tmp_path / "runs"))
   assert result.returncode == 0, result.stderr[-2000:]
   line = [l for l in result.stdout.splitlines() if l.startswith(workdir)][0]

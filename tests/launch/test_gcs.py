@@ -1,4 +1,5 @@
-"""The whole run on gs:// against a local fake GCS server (tests/gcs_rig.py): train, stop, resume, list, lock."""
+"""The whole run on gs:// against a local fake GCS server (tests/gcs_rig.py): data and workdir on gs://, train,
+stop, resume, list, sample, evaluate; the preflight; the lock."""
 
 import json
 import os
@@ -44,50 +45,68 @@ def _names(prefix):
   return sorted(b.name for b in storage.client().list_blobs(BUCKET, prefix=prefix))
 
 
-def test_train_stop_resume_and_list_on_gcs(rig):
+def _upload_digits(prefix, tmp_path):
+  """The embedded test digits as prepared TFRecords (two shards), written locally and copied to gs://BUCKET/."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from pipelines import embedded, records  # pylint: disable=g-import-not-at-top
+  images, labels = embedded.load("test")
+  local = tmp_path / "records"
+  local.mkdir()
+  shards = [records.shard_name(i, 2) for i in range(2)]
+  for i, name in enumerate(shards):
+    with tf.io.TFRecordWriter(str(local / name)) as writer:
+      for image, label in zip(images[i::2], labels[i::2]):
+        writer.write(records.serialize(image, label))
+  records.write_metadata(str(local), {
+      "count": len(images), "resolution": list(images.shape[1:3]), "channels": int(images.shape[3]),
+      "label_names": list(embedded.LABEL_NAMES),
+      "shards": [{"file": name, "count": len(images[i::2])} for i, name in enumerate(shards)]})
+  bucket = storage.client().bucket(BUCKET)
+  for name in sorted(os.listdir(local)):
+    bucket.blob(f"{prefix}/{name}").upload_from_filename(str(local / name))
+  return f"gs://{BUCKET}/{prefix}"
+
+
+def test_a_whole_run_on_gcs_data_and_workdir(rig, tmp_path):
+  """One sequence through the proxy: train on tfrecord:gs:// data into a gs:// workdir, SIGTERM after the first
+  checkpoint (saved, exit 75), resume, list the runs, sample into the bucket, evaluate the run."""
+  data = _upload_digits("data/digits", tmp_path)
   workdir = f"gs://{BUCKET}/runs/dcgan"
-  first = run_module("launch.train", *TINY, f"--workdir={workdir}", "--config.steps=6", "--config.checkpoint_every=3",
-                     "--config.log_every=3", "--config.sample_every=6", env=rig.env)
-  assert first.returncode == 0, first.stderr[-3000:]
-  names = _names("runs/dcgan/")
-  assert "runs/dcgan/config.json" in names and "runs/dcgan/status.json" in names
-  assert "runs/dcgan/checkpoints/state.json" in names and "runs/dcgan/checkpoints/ckpt-6.index" in names
-  assert any(n.startswith("runs/dcgan/tensorboard/events.out.tfevents") for n in names)
-  assert "runs/dcgan/samples/ema_0000006.png" in names and "runs/dcgan/lock.json" not in names
-  second = run_module("launch.train", *TINY, f"--workdir={workdir}", "--config.steps=9", "--config.checkpoint_every=3",
-                      "--config.log_every=3", "--config.sample_every=6", env=rig.env)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert "resuming at step 6" in second.stdout and "step 9/9" in second.stdout
-  state = storage.read_json(f"{workdir}/checkpoints/state.json")
-  assert state["latest"] == 9 and state["steps"] == [3, 6, 9]
-  listed = run_module("launch.runs", "list", f"gs://{BUCKET}/runs", env=rig.env)
-  assert listed.returncode == 0, listed.stderr[-2000:]
-  assert f"{workdir}  dcgan  step 9/9  last checkpoint" in listed.stdout and "finished" in listed.stdout
-  sample = run_module("launch.sample", f"--workdir={workdir}", "--num=4", f"--out={workdir}/grid.png", env=rig.env)
-  assert sample.returncode == 0, sample.stderr[-2000:]
-  assert "runs/dcgan/grid.png" in _names("runs/dcgan/")
-
-
-def test_sigterm_on_gcs_saves_and_resumes(rig):
-  workdir = f"gs://{BUCKET}/runs/preempted"
+  args = [*TINY, f"--config.data=tfrecord:{data}", f"--workdir={workdir}", "--config.checkpoint_every=3",
+          "--config.log_every=3", "--config.sample_every=6"]
   env = dict(os.environ, PYTHONPATH=ROOT, **rig.env)
-  process = subprocess.Popen([sys.executable, "-m", "launch.train", *TINY, f"--workdir={workdir}",
-                              "--config.steps=100000", "--config.checkpoint_every=1000", "--config.log_every=5",
-                              "--config.sample_every=1000"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 180
-  while "runs/preempted/samples/reals.png" not in _names("runs/preempted/"):
+  process = subprocess.Popen([sys.executable, "-m", "launch.train", *args, "--config.steps=100000"], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while "runs/dcgan/checkpoints/state.json" not in _names("runs/dcgan/"):
     assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
     time.sleep(0.5)
-  time.sleep(5)
   process.terminate()
   _, err = process.communicate(timeout=180)
   assert process.returncode == 75, err[-2000:]
   status = storage.read_json(f"{workdir}/status.json")
-  assert status["status"] == "preempted"
-  again = run_module("launch.train", *TINY, f"--workdir={workdir}", f"--config.steps={status['step'] + 2}",
-                     env=rig.env)
-  assert again.returncode == 0 and f"resuming at step {status['step']}" in again.stdout
+  assert status["status"] == "preempted" and status["step"] >= 3
+  names = _names("runs/dcgan/")
+  assert "runs/dcgan/config.json" in names and "runs/dcgan/lock.json" not in names
+  assert any(n.startswith("runs/dcgan/tensorboard/events.out.tfevents") for n in names)
+  assert f"runs/dcgan/checkpoints/ckpt-{status['step']}.index" in names and "runs/dcgan/samples/reals.png" in names
+  total = status["step"] + 3
+  second = run_module("launch.train", *args, f"--config.steps={total}", env=rig.env)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert f"resuming at step {status['step']}" in second.stdout and f"step {total}/{total}" in second.stdout
+  assert storage.read_json(f"{workdir}/checkpoints/state.json")["latest"] == total
+  listed = run_module("launch.runs", "list", f"gs://{BUCKET}/runs", env=rig.env)
+  assert listed.returncode == 0, listed.stderr[-2000:]
+  assert f"{workdir}  dcgan  step {total}/{total}  last checkpoint" in listed.stdout and "finished" in listed.stdout
+  sample = run_module("launch.sample", f"--workdir={workdir}", "--num=4", f"--out={workdir}/grid.png", env=rig.env)
+  assert sample.returncode == 0, sample.stderr[-2000:]
+  assert "runs/dcgan/grid.png" in _names("runs/dcgan/")
+  scored = run_module("launch.evaluate", f"--workdir={workdir}", "--metrics=fid", "--num=32", "--reference_num=64",
+                      "--batch_size=16", env=rig.env)
+  assert scored.returncode == 0, scored.stderr[-2000:]
+  assert f"ckpt-{total} (step {total})" in scored.stdout and "fid" in scored.stdout
+  names = _names("runs/dcgan/")
+  assert "runs/dcgan/metrics.jsonl" in names and any(n.startswith("runs/dcgan/eval/reference-") for n in names)
 
 
 def test_preflight_refuses_a_missing_bucket_before_training(rig):

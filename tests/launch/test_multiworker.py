@@ -1,28 +1,32 @@
 """Multi-worker training through the local launcher: two processes with their own TF_CONFIG on loopback.
 
 The workers must end with identical weights, equal to one process that runs MirroredStrategy over two logical
-CPUs with the same global batch; a resumed multi-worker run must continue where it stopped; only the chief writes
-to the workdir; a worker that dies ends the launcher with an error that names it.
+CPUs with the same global batch (plain SGD, whose step shows a wrongly scaled gradient, where Adam's would not); a
+resumed multi-worker run must continue where it stopped, here with TensorFlow's ring all-reduce; only the chief
+writes to the workdir; a worker that dies ends the launcher with an error that names it; SIGTERM to one worker or
+to the launcher stops every worker at the same step.
 """
 
 import glob
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from launch import cluster
-from tests.conftest import ROOT, error_lines, run_module
+from tests.conftest import ROOT, config_from_flags, error_lines, run_module
 
 TINY = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
         "--config.model.latent_dim=16", "--config.batch_size=16", "--config.log_every=3", "--config.sample_every=6",
         "--config.checkpoint_every=3", "--config.sample_grid=16", "--config.runtime.steps_per_loop=3",
-        "--config.async_checkpoints=false"]
+        "--config.async_checkpoints=false", "--config.model.optimizer=sgd", "--config.model.lr=0.05"]
 TRAIN = [sys.executable, "-m", "launch.train"]
 
 
@@ -38,20 +42,29 @@ def load(path):
     return {k: values[k] for k in sorted(values.files)}
 
 
+def _checkpoint_model(workdir):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from launch import checkpoints  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(checkpoints.latest(workdir))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("model/")}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """A 2-worker run of 6 steps resumed to 9, and a one-process two-replica run of 9 steps."""
+  """A 2-worker run of 6 steps resumed to 9 (with the ring all-reduce), and, in this process, a two-replica run of
+  9 steps with the same global batch."""
+  from launch import loop  # pylint: disable=g-import-not-at-top
   base = tmp_path_factory.mktemp("multiworker")
   workdir, scratch = str(base / "mw"), str(base / "scratch")
   first = launch_workers(workdir, 6, str(base / "dump6"), scratch)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-  resumed = launch_workers(workdir, 9, str(base / "dump9"), scratch)
+  resumed = launch_workers(workdir, 9, str(base / "dump9"), scratch, ["--config.runtime.all_reduce=ring"])
   assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-  single = run_module("launch.train", *TINY, f"--workdir={base / 'single'}", "--config.runtime.strategy=cpu",
-                      "--config.runtime.cpu_replicas=2", "--config.steps=9",
-                      env={"GENSCALE_DUMP_WEIGHTS": str(base / "dump_single")})
-  assert single.returncode == 0, single.stderr[-3000:]
-  return dict(base=base, workdir=workdir, scratch=scratch, first=first, resumed=resumed)
+  config = config_from_flags(*TINY, "--config.runtime.strategy=cpu", "--config.runtime.cpu_replicas=2",
+                             "--config.steps=9")
+  loop.train(config, str(base / "single"))
+  return dict(base=base, workdir=workdir, scratch=scratch, first=first, resumed=resumed,
+              single=_checkpoint_model(str(base / "single")))
 
 
 def test_every_line_is_prefixed_with_its_worker(runs):
@@ -70,13 +83,14 @@ def test_workers_hold_identical_weights(runs):
 
 def test_resumed_multiworker_run_equals_one_process_with_the_same_global_batch(runs):
   assert "resuming at step 6" in runs["resumed"].stdout
-  multi, single = load(runs["base"] / "dump9" / "worker-0.npz"), load(runs["base"] / "dump_single" / "worker-0.npz")
-  assert multi.keys() == single.keys()
+  assert "[worker 0]" in runs["resumed"].stdout
+  multi, single = _checkpoint_model(runs["workdir"]), runs["single"]
+  assert multi.keys() == single.keys() and len(multi) > 10
   for name in multi:
     np.testing.assert_allclose(multi[name], single[name], rtol=1e-4, atol=1e-5, err_msg=name)
   # The comparison can fail: the weights moved during the 9 steps.
-  before = load(runs["base"] / "dump6" / "worker-0.npz")
-  assert any(not np.allclose(before[n], multi[n]) for n in multi)
+  before, after = load(runs["base"] / "dump6" / "worker-0.npz"), load(runs["base"] / "dump9" / "worker-0.npz")
+  assert any(not np.allclose(before[n], after[n]) for n in after)
 
 
 def test_only_the_chief_writes_and_worker_scratch_is_removed(runs):
@@ -111,18 +125,47 @@ def worker_pid(launcher_pid, index):
   return None
 
 
-def test_a_dead_worker_stops_the_launcher_with_an_error_naming_it(tmp_path):
+def _lines_until(stream, predicate, timeout=240):
+  """The lines a process prints until one satisfies ``predicate``; fails (never hangs) after ``timeout`` seconds
+  or when the stream ends first."""
+  lines = queue.Queue()
+  threading.Thread(target=lambda: [lines.put(l) for l in stream] + [lines.put(None)], daemon=True).start()
+  seen, deadline = [], time.monotonic() + timeout
+  while True:
+    try:
+      line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+    except queue.Empty:
+      raise AssertionError("timed out waiting; last lines:\n" + "".join(seen[-20:])) from None
+    if line is None:
+      raise AssertionError("the process ended first; last lines:\n" + "".join(seen[-20:]))
+    seen.append(line)
+    if predicate(line):
+      return seen, lines
+
+
+def _rest(lines):
+  """What is left in a ``_lines_until`` queue once the process has ended."""
+  out = []
+  while True:
+    line = lines.get(timeout=30)
+    if line is None:
+      return "".join(out)
+    out.append(line)
+
+
+def _launch(tmp_path, *extra, stderr=subprocess.STDOUT):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  command = [sys.executable, "-m", "launch.multiworker", "--workers=2", "--grace_seconds=5", "--", *TRAIN, *TINY,
-             f"--workdir={tmp_path / 'w'}", "--config.runtime.strategy=multiworker", "--config.steps=100000"]
-  launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+  command = [sys.executable, "-m", "launch.multiworker", "--workers=2", *extra, "--", *TRAIN, *TINY,
+             f"--workdir={tmp_path / 'w'}", "--config.runtime.strategy=multiworker", "--config.steps=100000",
+             "--config.checkpoint_every=100000"]
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+@pytest.mark.xdist_group("multiworker-signals")
+def test_a_dead_worker_stops_the_launcher_with_an_error_naming_it(tmp_path):
+  launcher = _launch(tmp_path, "--grace_seconds=5", stderr=subprocess.PIPE)
   try:
-    output = []
-    for line in launcher.stdout:  # wait until training runs
-      output.append(line)
-      if line.startswith("[worker 0] step "):
-        break
+    output, _ = _lines_until(launcher.stdout, lambda l: l.startswith("[worker 0] step "))  # training runs
     victim = worker_pid(launcher.pid, 1)
     assert victim, "".join(output[-20:])
     os.kill(victim, signal.SIGKILL)
@@ -138,21 +181,18 @@ def test_a_dead_worker_stops_the_launcher_with_an_error_naming_it(tmp_path):
   assert worker_pid(launcher.pid, 0) is None and time.monotonic() - start < 60
 
 
-def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  workdir = tmp_path / "w"
-  command = [sys.executable, "-m", "launch.multiworker", "--workers=2", "--", *TRAIN, *TINY, f"--workdir={workdir}",
-             "--config.runtime.strategy=multiworker", "--config.steps=100000", "--config.checkpoint_every=100000"]
-  launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+@pytest.mark.xdist_group("multiworker-signals")
+@pytest.mark.parametrize("target", ["one worker", "the launcher"])
+def test_sigterm_stops_every_worker_at_the_same_step(tmp_path, target):
+  launcher = _launch(tmp_path)
   try:
-    output = []
-    for line in launcher.stdout:
-      output.append(line)
-      if line.startswith("[worker 0] step "):
-        break
-    os.kill(worker_pid(launcher.pid, 1), signal.SIGTERM)  # the non-chief: the chief must learn of it
-    rest, _ = launcher.communicate(timeout=120)
+    output, lines = _lines_until(launcher.stdout, lambda l: l.startswith("[worker 0] step "))
+    if target == "one worker":
+      os.kill(worker_pid(launcher.pid, 1), signal.SIGTERM)  # the non-chief: the chief must learn of it
+    else:
+      launcher.send_signal(signal.SIGTERM)  # the launcher passes it to every worker
+    launcher.wait(timeout=120)
+    rest = _rest(lines)
   finally:
     if launcher.poll() is None:
       launcher.kill()
@@ -163,7 +203,11 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
   steps = {int(l.rsplit("at step ", 1)[1].split(";")[0]) for l in stops}
   assert len(steps) == 1, stops
   step = steps.pop()
-  assert "[worker 0] genscale: stopped by a stop request from another worker at step" in stops[0]
+  if target == "one worker":
+    assert "[worker 0] genscale: stopped by a stop request from another worker at step" in stops[0]
+  else:
+    assert all("stopped by SIGTERM" in l for l in stops), stops
+  workdir = tmp_path / "w"
   assert os.path.exists(workdir / "checkpoints" / f"ckpt-{step}.index")
   with open(workdir / "status.json", encoding="utf-8") as f:
     assert json.load(f)["step"] == step

@@ -59,11 +59,19 @@ def test_rerunning_resumes_where_the_run_stopped(trained):
   assert _event_steps(workdir, "D/loss") == [5, 10, 15, 20, 25, 30]  # no restart in the curves
 
 
-def test_a_finished_run_exits_at_once(trained):
+def _small_config(**changes):
+  """SMALL as a config for ``loop.train`` in this process."""
+  from launch.configs import common, dcgan  # pylint: disable=g-import-not-at-top
+  values = {"model.g_width": 8, "model.d_width": 8, "batch_size": 16, "log_every": 5, "sample_every": 10,
+            "checkpoint_every": 10, "sample_grid": 16, **changes}
+  return common.apply(dcgan.get_config("cpu"), values)
+
+
+def test_a_finished_run_exits_at_once(trained, capsys):
+  from launch import loop  # pylint: disable=g-import-not-at-top
   workdir = trained[0]
-  again = run_module("launch.train", *SMALL, f"--workdir={workdir}", "--config.steps=30")
-  assert again.returncode == 0
-  assert "already reached step 30" in again.stdout
+  assert loop.train(_small_config(steps=30), workdir) == {}
+  assert "already reached step 30" in capsys.readouterr().out
 
 
 def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
@@ -77,14 +85,11 @@ def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   images = np.load(npz)["images"]
   assert images.shape == (10, 32, 32, 1) and images.dtype == np.uint8
-  # The same seed gives the same images, in a grid or raw.
+  # The same seed gives the same images, in a grid or raw, whatever the batch of the compiled calls.
   grid = np.asarray(Image.open(png))
   cell = grid[1:33, 1:33].reshape(32, 32, -1)[..., :1]
   np.testing.assert_array_equal(cell, images[0])  # the first cell of the grid is the first sample
-  again = str(tmp_path / "again.npz")
-  result = run_module("launch.sample", f"--workdir={workdir}", "--num=10", f"--out={again}", "--batch_size=4")
-  assert result.returncode == 0, result.stderr[-2000:]
-  np.testing.assert_array_equal(np.load(again)["images"], images)
+
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -120,10 +125,20 @@ def test_the_command_exits_2_with_one_line(tmp_path, args, message):
 
 
 def test_resume_with_a_different_shape_is_refused(trained):
+  from launch import loop  # pylint: disable=g-import-not-at-top
   workdir = trained[0]
-  result = run_module("launch.train", *SMALL, f"--workdir={workdir}", "--config.steps=40",
-                      "--config.model.g_width=16")
-  assert result.returncode == 2
-  assert error_lines(result.stderr) == [
-      f"genscale: error: --workdir {workdir} holds a run with model.g_width=8, but this config has "
-      "model.g_width=16; resume with --config.model.g_width=8 or use a new --workdir"]
+  with pytest.raises(UserError) as error:
+    loop.train(_small_config(steps=40, **{"model.g_width": 16}), workdir)
+  assert str(error.value) == (
+      f"--workdir {workdir} holds a run with model.g_width=8, but this config has "
+      "model.g_width=16; resume with --config.model.g_width=8 or use a new --workdir")
+
+
+def test_devices_prints_what_a_config_would_train_on():
+  result = run_module("launch.devices", "--config=launch/configs/dcgan.py:cpu", "--config.runtime.cpu_replicas=2",
+                      "--config.batch_size=30")
+  assert result.returncode == 2 and "--config.batch_size 30 is not divisible by 2 replicas" in result.stderr
+  result = run_module("launch.devices", "--config=launch/configs/dcgan.py:cpu", "--config.runtime.cpu_replicas=2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "strategy=cpu replicas=2 workers=1 precision=float32" in result.stdout and "CPU:1" in result.stdout
+  assert "global batch 64: 32 per replica, 10 steps per compiled call" in result.stdout

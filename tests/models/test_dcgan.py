@@ -106,3 +106,30 @@ def test_conditional_without_labels_is_refused(tiny_dcgan):
     _model(tiny_dcgan, unlabelled)
 
 
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({"loss": "wgan-gp", "d_norm": "layer"}, {"metric": "D/gradient_penalty", "g_updates": 1}),  # n_critic 5
+    ({"r1_gamma": 1.0, "d_norm": "none"}, {"metric": "D/r1", "g_updates": 3}),
+    ({"loss": "hinge"}, {"g_updates": 3}),
+    ({"loss": "lsgan"}, {"g_updates": 3}),
+    ({"loss": "minimax"}, {"g_updates": 3}),
+    ({"loss": "wgan"}, {"clip": 0.01, "g_updates": 1}),
+    ({"conditional": True, "conditioning": "projection"}, {"g_updates": 3}),
+])
+def test_every_loss_trains_through_the_loop(tiny_dcgan, change, expect):
+  """Three steps in one compiled call: finite losses, the loss's own terms logged, the critic updated every step
+  and the generator every n_critic steps, WGAN's critic weights clipped."""
+  from tests.conftest import build_trainer  # pylint: disable=g-import-not-at-top
+  tiny_dcgan.model.update(change)
+  trainer = build_trainer(tiny_dcgan, steps_per_loop=3)
+  result = trainer.run(3)
+  values = result.values()
+  assert result.finite and all(np.isfinite(v) for v in values.values()), values
+  assert "D/loss" in values and (expect.get("metric") is None or expect["metric"] in values)
+  optimizers = trainer.model.optimizers
+  assert int(optimizers["d"].iterations.numpy()) == 3
+  assert int(optimizers["g"].iterations.numpy()) == expect["g_updates"]
+  if "clip" in expect:
+    biggest = max(float(tf.reduce_max(tf.abs(v))) for v in trainer.model.discriminator.trainable_variables)
+    assert biggest <= expect["clip"] + 1e-7
