@@ -136,8 +136,8 @@ def test_resume_with_a_different_shape_is_refused(trained):
 
 def test_devices_prints_what_a_config_would_train_on():
   result = run_module("launch.devices", "--config=launch/configs/dcgan.py:cpu", "--config.runtime.cpu_replicas=2",
-                      "--config.batch_size=30")
-  assert result.returncode == 2 and "--config.batch_size 30 is not divisible by 2 replicas" in result.stderr
+                      "--config.batch_size=31")
+  assert result.returncode == 2 and "--config.batch_size 31 is not divisible by 2 replicas" in result.stderr
   result = run_module("launch.devices", "--config=launch/configs/dcgan.py:cpu", "--config.runtime.cpu_replicas=2")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "strategy=cpu replicas=2 workers=1 precision=float32" in result.stdout and "CPU:1" in result.stdout
