@@ -69,3 +69,25 @@ class Stages:
     same position. The offset only moves when a non-finite rollback skips the data of the diverged steps.
     """
     return -(-int(nimg) // self.batch(self.at(nimg))) + int(offset)
+
+
+def interval_groups(phases):
+  """Consecutive phases with the same interval, grouped: [(interval, [phase, ...]), ...]. Each group runs as one
+  ``strategy.run``, and a group with an interval above 1 only on steps it divides."""
+  groups = []
+  for phase in phases:
+    if groups and groups[-1][0] == phase.interval:
+      groups[-1][1].append(phase)
+    else:
+      groups.append((phase.interval, [phase]))
+  return groups
+
+
+def unique_variables(variables):
+  """``variables`` without repeats, in first-seen order (phases may share variables)."""
+  seen, out = set(), []
+  for v in variables:
+    if id(v) not in seen:
+      seen.add(id(v))
+      out.append(v)
+  return out

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from genscale.errors import require
 from launch import metrics as metrics_lib
-from launch.stages import Stages
+from launch.stages import Stages, interval_groups, unique_variables
 from models.base import BatchRng, Stage
 import models
 import pipelines
@@ -61,26 +61,6 @@ class CallResult:
     return metrics_lib.values(self.metrics)
 
 
-def _segments(phases):
-  """Groups consecutive phases with the same interval: each group runs as one ``strategy.run``."""
-  groups = []
-  for phase in phases:
-    if groups and groups[-1][0] == phase.interval:
-      groups[-1][1].append(phase)
-    else:
-      groups.append((phase.interval, [phase]))
-  return groups
-
-
-def _unique(variables):
-  seen, out = set(), []
-  for v in variables:
-    if id(v) not in seen:
-      seen.add(id(v))
-      out.append(v)
-  return out
-
-
 class Trainer:
   """A model, its optimizers and counters under a strategy, its training input, and the compiled training call.
 
@@ -111,7 +91,7 @@ class Trainer:
       self.stages = Stages(self.model, config, replicas)
       every_phase = self.stages.every_phase()
       for name, optimizer in self.optimizers.items():
-        optimizer.build(_unique(v for p in every_phase if p.optimizer == name for v in p.variables))
+        optimizer.build(unique_variables(v for p in every_phase if p.optimizer == name for v in p.variables))
       counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.step = tf.Variable(0, name="step", **counter)
       self.nimg = tf.Variable(0, name="nimg", **counter)
@@ -155,7 +135,7 @@ class Trainer:
       return False
     self.stage = stage
     self.phases = self.stages.phases(stage)
-    self._segments = _segments(self.phases)
+    self._segments = interval_groups(self.phases)
     if stage.key not in self._compiled:
       # functools.partial gives each stage's functions their own identity: TensorFlow counts traces per Python
       # function, and would warn of "excessive retracing" for a few traces that are one per stage by design.

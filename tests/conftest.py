@@ -6,6 +6,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# One thread per op in each test process (and the commands the tests start): three xdist workers share two cores,
+# and TensorFlow's default of one thread per core in every process oversubscribes them (the suite ran 23% faster).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position

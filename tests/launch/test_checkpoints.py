@@ -21,7 +21,7 @@ from tests.conftest import ROOT, error_lines, run_module
 
 TINY = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
         "--config.model.latent_dim=16", "--config.batch_size=16", "--config.sample_every=1000",
-        "--config.sample_grid=4", "--config.runtime.steps_per_loop=1"]
+        "--config.sample_grid=4", "--config.runtime.steps_per_loop=1", "--config.histogram_every=0"]
 
 
 def _variables(path):
@@ -33,7 +33,7 @@ def _config(**changes):
   """The tiny DCGAN of TINY, as a config for ``loop.train`` in this process."""
   from launch.configs import common, dcgan  # pylint: disable=g-import-not-at-top
   values = {"model.g_width": 8, "model.d_width": 8, "model.latent_dim": 16, "batch_size": 16, "sample_every": 1000,
-            "sample_grid": 4, "runtime.steps_per_loop": 1, **changes}
+            "sample_grid": 4, "runtime.steps_per_loop": 1, "histogram_every": 0, **changes}
   return common.apply(dcgan.get_config("cpu"), values)
 
 

@@ -17,7 +17,7 @@ from tests.gcs_rig import GcsRig, RigUnavailable
 
 TINY = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
         "--config.model.latent_dim=16", "--config.batch_size=16", "--config.sample_grid=4",
-        "--config.runtime.steps_per_loop=1"]
+        "--config.runtime.steps_per_loop=1", "--config.histogram_every=0"]
 BUCKET = "genscale-test-runs"
 
 

@@ -26,7 +26,8 @@ from tests.conftest import ROOT, config_from_flags, error_lines, run_module
 TINY = ["--config=launch/configs/dcgan.py:cpu", "--config.model.g_width=8", "--config.model.d_width=8",
         "--config.model.latent_dim=16", "--config.batch_size=16", "--config.log_every=3", "--config.sample_every=6",
         "--config.checkpoint_every=3", "--config.sample_grid=16", "--config.runtime.steps_per_loop=3",
-        "--config.async_checkpoints=false", "--config.model.optimizer=sgd", "--config.model.lr=0.05"]
+        "--config.async_checkpoints=false", "--config.model.optimizer=sgd", "--config.model.lr=0.05",
+        "--config.histogram_every=0"]
 TRAIN = [sys.executable, "-m", "launch.train"]
 
 

@@ -52,8 +52,9 @@ def _diffusion(name):
   return tiny(name, conditional=True, dropout=0.0)
 
 
+# The diffusion family's two formulations share the network, the phase and the reductions: EDM stands for both.
 FAMILIES = {"dcgan": (_dcgan, 1), "pggan": (_pggan, 3), "stylegan2": (_stylegan2, 1),
-            "ddpm": (lambda: _diffusion("ddpm"), 1), "edm": (lambda: _diffusion("edm"), 1)}
+            "diffusion": (lambda: _diffusion("edm"), 1)}
 
 
 def _updates(make_config, steps, replicas):

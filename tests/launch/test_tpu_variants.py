@@ -35,7 +35,7 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 # Model keys that set network widths, and CPU-sized values for them; a family uses the ones it has.
 _CPU_SIZED = {"channels": 16, "num_blocks": 1, "channel_base": 512, "channel_max": 32, "width_base": 512,
               "width_max": 32, "z_dim": 32, "w_dim": 32, "latent_dim": 32, "mbstd_group_size": 4,
-              "sample_steps": 2, "mapping_layers": 2}
+              "sample_steps": 2, "mapping_layers": 2, "channel_mults": "1,2", "attention_resolutions": "16"}
 
 
 # Smallest resolution a family's tpu network takes (the U-Nets' four levels need 32); fewer blocks compile faster.

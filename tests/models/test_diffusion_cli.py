@@ -16,7 +16,7 @@ from tests.conftest import error_lines, run_module
 TINY = ["--config.resolution=16", "--config.batch_size=8", "--config.model.channels=8",
         "--config.model.channel_mults=1,2", "--config.model.attention_resolutions=8", "--config.steps=2",
         "--config.log_every=2", "--config.sample_every=2", "--config.checkpoint_every=2", "--config.sample_grid=4",
-        "--config.model.sample_steps=2", "--config.runtime.steps_per_loop=2"]
+        "--config.model.sample_steps=2", "--config.runtime.steps_per_loop=2", "--config.histogram_every=0"]
 
 
 @pytest.fixture(scope="module")
