@@ -10,11 +10,14 @@ every replica, scores them, appends a line to ``<workdir>/metrics.jsonl`` and re
 Config keys (all optional):
   eval_every              steps between evaluations during training; 0 = off (read by the training loop)
   eval_num                generated images per evaluation (10,000)
-  eval_metrics            comma-separated: fid, kid, is, pr ("fid,kid")
+  eval_metrics            comma-separated: fid, kid, is, pr, nll ("fid,kid"); nll: the held-out likelihood bounds
+                          of models that have one (evaluation/likelihood.py)
   eval_extractor          classifier | inception ("classifier")
   eval_inception_weights  path of the Inception weights, for eval_extractor=inception
   eval_data               reference data spec (default: the run's ``data``)
   eval_batch_size         images per compiled call (64)
+  eval_nll_samples        importance samples k of the IWAE bound (64)
+  eval_nll_data           held-out data of the likelihood (default: the test split of the run's data)
 
 Reference statistics depend on the data spec, resolution, channels, number of images, the extractor (name,
 weights fingerprint, input size, resize filter), the number of features kept and the IS splits. They are cached
@@ -38,6 +41,7 @@ from absl import logging
 import tensorflow as tf
 
 from evaluation import extractors as extractors_lib
+from evaluation import likelihood
 from evaluation import metrics as metrics_lib
 from evaluation.features import FeatureRunner
 from evaluation.stats import FeatureStats
@@ -45,7 +49,8 @@ from genscale.errors import UserError, require
 from genscale.progress import Progress
 import pipelines
 
-METRICS = ("fid", "kid", "is", "pr")
+METRICS = ("fid", "kid", "is", "pr", "nll")
+LIKELIHOOD_METRICS = ("nll",)  # scored on held-out data, not on samples (evaluation/likelihood.py)
 REFERENCE_FORMAT = 1
 
 
@@ -60,7 +65,8 @@ def parse_metrics(text, flag="--metrics"):
 
 # EvalSettings fields that a run's config sets, and their config keys.
 CONFIG_KEYS = {"num": "eval_num", "metrics": "eval_metrics", "extractor": "eval_extractor",
-               "inception_weights": "eval_inception_weights", "data": "eval_data", "batch_size": "eval_batch_size"}
+               "inception_weights": "eval_inception_weights", "data": "eval_data", "batch_size": "eval_batch_size",
+               "nll_samples": "eval_nll_samples", "nll_data": "eval_nll_data"}
 
 
 @dataclasses.dataclass
@@ -82,6 +88,9 @@ class EvalSettings:
   is_splits: int = 10  # Salimans et al.
   pr_k: int = 3  # Kynkäänniemi et al.
   ema: bool = True
+  nll_samples: int = 64  # IWAE's k; 5,000 in Burda et al.
+  nll_data: Optional[str] = None  # held-out data of the likelihood; None: the test split of the run's data
+  nll_num: Optional[int] = None  # at most this many held-out images; None: all
   config_named: tuple = ()  # fields the user sets through the config: messages name --config.eval_* for them
 
   @classmethod
@@ -114,12 +123,18 @@ class EvalSettings:
     require(int(self.kid_subsets) >= 1 and int(self.kid_subset_size) >= 2,
             "--kid_subsets must be at least 1 and --kid_subset_size at least 2")
     require(int(self.pr_k) >= 1, f"--pr_k={self.pr_k} must be at least 1")
+    require(int(self.nll_samples) >= 1, f"{self.flag('nll_samples')}={self.nll_samples} must be at least 1")
     if self.needs_features:
       need = int(self.pr_k) + 1 if "pr" in self.metrics else 2
       require(int(self.keep) >= need, f"--keep={self.keep}: KID and precision/recall need at least {need} features")
     if self.extractor == "inception":
       from evaluation import inception  # pylint: disable=g-import-not-at-top
       inception.check_path(self.inception_weights, self.flag("inception_weights"), self.flag("extractor"))
+
+  @property
+  def image_metrics(self):
+    """The metrics scored on generated images (all but the likelihood)."""
+    return tuple(m for m in self.metrics if m not in LIKELIHOOD_METRICS)
 
   @property
   def needs_features(self):
@@ -162,8 +177,10 @@ def compute_metrics(settings, reference, generated, what="generated", show_progr
 
 
 def scalar_tags(values, extractor):
-  """{"fid": v} -> {"eval/fid_classifier": v}: the TensorBoard tags."""
-  return {f"eval/{name}_{extractor}": float(v) for name, v in values.items()}
+  """{"fid": v} -> {"eval/fid_classifier": v}: the TensorBoard tags. Likelihoods (nll_*, bpd_*) don't depend on
+  the extractor: {"nll_iwae": v} -> {"eval/nll_iwae": v}."""
+  return {f"eval/{name}" if name.startswith(("nll_", "bpd_")) else f"eval/{name}_{extractor}": float(v)
+          for name, v in values.items()}
 
 
 def append_jsonl(path, record):
@@ -222,6 +239,12 @@ class Evaluator:
       raise UserError(f"{s.flag('metrics')}=is needs logits, but {s.inception_weights} has no classification layer "
                       "(a notop file); use weights with the top or drop is")
     self.runner = FeatureRunner(runtime, self.extractor, s.batch_size)
+    if model is not None and "nll" in s.metrics:
+      likelihood.check_model(model)
+    if model is not None and s.image_metrics and not model.samples_from_prior:
+      raise UserError(f"{s.flag('metrics')}={','.join(s.image_metrics)} scores samples, and "
+                      f"{type(model).__name__} has no prior to sample from; use nll (if it has a likelihood) or a "
+                      "model that samples")
     self.notes = []
     if s.extractor == "classifier" and not str(self.data).startswith("embedded:mnist"):
       self.notes.append(f"the classifier extractor knows digits only; its scores on {self.data} say little "
@@ -284,10 +307,13 @@ class Evaluator:
 
   # ---- evaluations
 
-  def _finish(self, step, generated, what, extra):
+  def _finish(self, step, generated, what, extra, values=None):
     s = self.settings
     reference = self.reference_stats() if s.needs_reference else None
-    values, warnings = compute_metrics(s, reference, generated, what, show_progress=self.show_progress)
+    warnings = []
+    if generated is not None:
+      values_of_images, warnings = compute_metrics(s, reference, generated, what, show_progress=self.show_progress)
+      values = {**values_of_images, **(values or {})}
     self.warnings = self.notes + warnings
     for message in self.warnings:
       if self.log_warnings and message not in self._logged:
@@ -295,7 +321,7 @@ class Evaluator:
         self._logged.add(message)
     record = {"step": None if step is None else int(step), "extractor": self.extractor.name,
               "extractor_weights": self.extractor.fingerprint, "resize": self.extractor.resize_filter,
-              "num": int(generated.count), "data": str(self.data),
+              "num": None if generated is None else int(generated.count), "data": str(self.data),
               "reference_count": None if reference is None else int(reference.count), "metrics": values,
               "warnings": list(self.warnings),
               "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -312,18 +338,27 @@ class Evaluator:
     """
     require(self.model is not None, "this Evaluator has no model; use evaluate_source")
     s = self.settings
-    if s.needs_reference:
-      self.reference_stats()  # first, so its progress bar comes before the evaluation's
-    progress = self._progress(s.num, f"evaluate step {step}")
-    generated = self.runner.of_model(self.model, seed=s.seed, num=s.num, splits=s.is_splits,
-                                     keep=s.keep if s.needs_features else 0, ema=s.ema, progress=progress,
-                                     **sampling_options)
-    if progress:
-      progress.close()
     extra = {"ema": bool(s.ema), "seed": int(s.seed)}
     if checkpoint:
       extra["checkpoint"] = str(checkpoint)
-    return self._finish(step, generated, "generated", extra)
+    values = {}
+    if "nll" in s.metrics:
+      values, nll_extra = likelihood.evaluate(
+          self.runtime, self.model, s.nll_data or likelihood.heldout_spec(self.data), self.resolution,
+          self.channels, s.nll_samples, num=s.nll_num, batch_size=s.batch_size, seed=s.seed,
+          input_options=self.config.get("input", None), show_progress=self.show_progress)
+      extra.update(nll_extra)
+    generated = None
+    if s.image_metrics:
+      if s.needs_reference:
+        self.reference_stats()  # first, so its progress bar comes before the evaluation's
+      progress = self._progress(s.num, f"evaluate step {step}")
+      generated = self.runner.of_model(self.model, seed=s.seed, num=s.num, splits=s.is_splits,
+                                       keep=s.keep if s.needs_features else 0, ema=s.ema, progress=progress,
+                                       **sampling_options)
+      if progress:
+        progress.close()
+    return self._finish(step, generated, "generated", extra, values)
 
   def evaluate_source(self, spec, step=None):
     """Scores up to ``settings.num`` images of another data source against the reference (e.g. the real-vs-real

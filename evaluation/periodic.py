@@ -67,7 +67,10 @@ class PeriodicEvaluation:
     record = self.evaluator.last_record
     scores = " ".join(f"{name}={_format(value, record['metrics'].get(name + '_std'))}"
                       for name, value in record["metrics"].items() if not name.endswith("_std"))
-    self.print(f"eval step {step}: {scores} ({record['num']} images, {self.evaluator.extractor.name}) "
+    scored = [f"{record['num']} images, {self.evaluator.extractor.name}"] if record["num"] else []
+    if record.get("nll_data"):
+      scored.append(f"{record['nll_count']} held-out images, k={record['nll_samples']}")
+    self.print(f"eval step {step}: {scores} ({'; '.join(scored)}) "
                f"in {seconds:.1f}s; evaluation is {100 * fraction:.1f}% of this process's {elapsed:.0f}s")
     for message in self.evaluator.warnings:
       if message not in self._warned:  # once per process: the same warning at every evaluation is noise

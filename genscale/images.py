@@ -52,3 +52,25 @@ def write_png(path, image):
   tf.io.gfile.makedirs(directory)
   with tf.io.gfile.GFile(path, "wb") as f:
     f.write(encode_png(image))
+
+
+# Ten well-separated colours (one per digit class), RGB.
+PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+                    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
+
+
+def scatter(points, labels=None, size=256, radius=2, limit=None):
+  """A 2-D point map as a uint8 RGB image [size, size, 3]: each point a small square coloured by its label
+  (white without labels) on black, axes spanning ±``limit`` (default: the largest |coordinate|, at least 1)."""
+  points = np.asarray(points, np.float64)
+  if points.ndim != 2 or points.shape[1] != 2:
+    raise ValueError(f"scatter needs points of shape [n, 2], got {points.shape}")
+  limit = float(limit or max(1.0, np.abs(points).max(initial=0.0)))
+  image = np.zeros([size, size, 3], np.uint8)
+  centre = (size - 1) / 2.0
+  image[int(round(centre)), :] = image[:, int(round(centre))] = 60  # the axes through 0
+  pixels = np.clip(np.round(centre + points / limit * centre * np.array([1.0, -1.0])), 0, size - 1).astype(int)
+  for i, (x, y) in enumerate(pixels):
+    colour = PALETTE[int(labels[i]) % len(PALETTE)] if labels is not None else 255
+    image[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1] = colour
+  return image

@@ -19,7 +19,7 @@ from genscale import images as image_lib
 from launch import checkpoints
 from launch import metrics as metrics_lib
 from launch import rundir
-from launch.sampling import Sampler, grid_labels
+from launch.sampling import Previewer, Sampler, grid_labels, has_previews
 from launch.signals import Preempted
 from launch.trainer import GRAD_NORMS, GRADIENTS
 from models.base import variable_names
@@ -174,16 +174,26 @@ class Histograms(Action):
 
 class SampleGrids(Action):
   """Every ``sample_every`` steps: grids of the raw and EMA generators from fixed latents (and labels), to
-  TensorBoard and, for the EMA generator, ``samples/ema_<step>.png``. A new run also shows its reals and step 0."""
+  TensorBoard and, for the EMA generator, ``samples/ema_<step>.png``; and the model's previews of a fixed batch of
+  training images (reconstructions, interpolations: ``GenerativeModel.preview``), ``samples/<name>_<step>.png``.
+  A new run also shows its reals and step 0."""
+
+  PREVIEW_BATCHES = 4  # global batches of training images each preview sees (a 2-D latent map shows them all)
 
   def __init__(self, total, every, trainer, monitor, grid_count):
     super().__init__(total)
     self.every, self.trainer, self.monitor, self.count = int(every), trainer, monitor, int(grid_count)
-    num_classes = getattr(trainer.model, "num_classes", 0)
+    model = trainer.model
+    num_classes = getattr(model, "num_classes", 0)
     self.labels = grid_labels(self.count, num_classes)
     self.columns = num_classes if num_classes else None
-    self.samplers = {"ema": Sampler(trainer.runtime, trainer.model, self.count, ema=True),
-                     "raw": Sampler(trainer.runtime, trainer.model, self.count, ema=False)}
+    self.samplers = {}
+    if model.samples_from_prior:
+      self.samplers = {"ema": Sampler(trainer.runtime, model, self.count, ema=True)}
+      if model.ema_pairs:  # without an EMA copy (a VAE) both grids would be the same
+        self.samplers["raw"] = Sampler(trainer.runtime, model, self.count, ema=False)
+    self.previewer = Previewer(trainer.runtime, model, trainer.seed) if has_previews(model) else None
+    self.preview_batches = None
 
   def begin(self, step):
     if step:
@@ -202,6 +212,25 @@ class SampleGrids(Action):
       pixels = image_lib.grid(image_lib.to_uint8(images), self.columns)
       self.monitor.image_grid(step, f"samples/{kind}", pixels,
                               path=f"samples/{kind}_{step:07d}.png" if kind == "ema" else None)
+    if self.previewer is not None:
+      for name, pixels in self.previews().items():
+        self.monitor.image_grid(step, f"previews/{name}", pixels, path=f"samples/{name}_{step:07d}.png")
+
+  def previews(self):
+    """{name: uint8 picture} of the model's previews of the first training batches."""
+    if self.preview_batches is None:  # the same images at every step: the first batches of the data order
+      iterator = iter(self.trainer.dataset(0, resolution=self.trainer.config.resolution))
+      self.preview_batches = [next(iterator) for _ in range(self.PREVIEW_BATCHES)]
+    outputs, labels = self.previewer(self.preview_batches)
+    pictures = {}
+    for name, values in outputs.items():
+      if values.ndim == 2 and values.shape[1] == 2:
+        pictures[name] = image_lib.scatter(values, labels)
+      else:
+        strips = values.shape[2] > 4 * values.shape[1]  # one strip per line; pairs tile as a square
+        rows = values[:max(1, self.count // (4 if strips else 2))]
+        pictures[name] = image_lib.grid(image_lib.to_uint8(rows), 1 if strips else None)
+    return pictures
 
   def run(self, result):
     self.write(result.step)

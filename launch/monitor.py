@@ -86,7 +86,8 @@ class Monitor:
     eta = self.progress.eta_seconds() if self.progress.rate() > 0 else None
     # Model state (fade-in alpha, ADA p...) goes on the line too: it says where a run is as much as the losses do.
     state = {k: v for k, v in (extra or {}).items() if k.startswith("model/")}
-    losses = {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+    # Names with a second "/" (a VAE's KL per latent dimension) are details for TensorBoard, not for the line.
+    losses = {k: v for k, v in metrics.items() if not k.startswith("perf/") and k.count("/") < 2}
     shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted({**losses, **state}.items()))
     rate = scalars.get("perf/img_per_sec")
     wait = scalars.get("perf/input_wait_fraction")

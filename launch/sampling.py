@@ -8,7 +8,8 @@ row) is the same on one device and on many.
 import numpy as np
 import tensorflow as tf
 
-from models.base import BatchRng
+from genscale.errors import UserError
+from models.base import BatchRng, GenerativeModel
 
 
 class Sampler:
@@ -25,6 +26,9 @@ class Sampler:
   def __init__(self, runtime, model, batch_size, ema=True, **options):
     self.runtime = runtime
     self.model = model
+    if not model.samples_from_prior:
+      raise UserError(f"{type(model).__name__} has no prior to sample from: it reconstructs images (TensorBoard's "
+                      "previews); train a model that samples, e.g. launch/configs/vae.py")
     model.check_sampling_options(**options)
     replicas = runtime.num_replicas
     self.batch_size = -(-int(batch_size) // replicas) * replicas
@@ -70,3 +74,47 @@ def grid_labels(count, num_classes):
   if not num_classes:
     return None
   return np.arange(count, dtype=np.int32) % num_classes
+
+
+def has_previews(model):
+  """Whether the model shows more than samples (reconstructions, interpolations: ``GenerativeModel.preview``)."""
+  return type(model).preview is not GenerativeModel.preview
+
+
+class Previewer:
+  """Compiled, distributed ``model.preview`` on batches of a distributed dataset; outputs gathered in row order.
+
+  Args:
+    runtime: the Runtime.
+    model: a GenerativeModel built under the runtime's strategy.
+    seed: the randomness of every preview (so every grid of a run shows the same draws).
+  """
+
+  def __init__(self, runtime, model, seed):
+    self.runtime = runtime
+    replicas = runtime.num_replicas
+    preview = runtime.compile(
+        lambda images, labels, replica_id, per_replica: model.preview(
+            images, labels, BatchRng(tf.constant([seed, 0x9E7], tf.int64), replica_id, per_replica, replicas)))
+
+    def replica_fn(batch):
+      replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+      return preview(batch["image"], batch["label"], replica_id, batch["image"].shape[0])
+
+    @tf.function
+    def call(batch):
+      outputs = runtime.strategy.run(replica_fn, args=(batch,))
+      gathered = {name: runtime.strategy.gather(value, axis=0) for name, value in outputs.items()}
+      return gathered, runtime.strategy.gather(batch["label"], axis=0)
+
+    self._call = call
+
+  def __call__(self, batches):
+    """{name: numpy [n, ...]} over the distributed ``batches``, and their labels [n]."""
+    outputs, labels = {}, []
+    for batch in batches:
+      values, batch_labels = self._call(batch)
+      for name, value in values.items():
+        outputs.setdefault(name, []).append(value.numpy())
+      labels.append(batch_labels.numpy())
+    return {name: np.concatenate(values) for name, values in outputs.items()}, np.concatenate(labels)

@@ -45,10 +45,11 @@ def write_scalars(workdir, step, scalars):
 def format_results(header, values):
   """The printed report: a header line, then one indented line per score ("  fid        12.3")."""
   lines = [header]
-  for name in ("fid", "kid", "is", "precision", "recall"):
+  for name in ("fid", "kid", "is", "precision", "recall", "nll_elbo", "nll_iwae", "bpd_elbo", "bpd_iwae"):
     if name in values:
       spread = values.get(f"{name}_std")
-      lines.append(f"  {name:<10} {values[name]:.6g}" + ("" if spread is None else f" ± {spread:.2g}"))
+      unit = " nats/image" if name.startswith("nll") else " bits/dim" if name.startswith("bpd") else ""
+      lines.append(f"  {name:<10} {values[name]:.6g}{unit}" + ("" if spread is None else f" ± {spread:.2g}"))
   return "\n".join(lines)
 
 
@@ -56,8 +57,15 @@ def _report(evaluator, what, at, stream):
   record = evaluator.last_record
   for message in evaluator.warnings:
     sys.stderr.write(f"genscale: warning: {message}\n")
-  versus = f" vs {record['reference_count']} images of {evaluator.data}" if record["reference_count"] else ""
-  stream.write(format_results(f"{at}{what}{versus}, {evaluator.extractor.describe()}", record["metrics"]) + "\n")
+  parts = []
+  if record["num"]:
+    versus = f" vs {record['reference_count']} images of {evaluator.data}" if record["reference_count"] else ""
+    parts.append(f"{what}{versus}, {evaluator.extractor.describe()}")
+  if record.get("nll_data"):
+    bits = f", binarised with seed {record['binarization_seed']}" if record.get("binarization_seed") else ""
+    parts.append(f"likelihood of {record['nll_count']} images of {record['nll_data']}{bits}, "
+                 f"IWAE with k={record['nll_samples']}")
+  stream.write(format_results(f"{at}{'; '.join(parts)}", record["metrics"]) + "\n")
   stream.flush()
 
 

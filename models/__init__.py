@@ -59,3 +59,6 @@ def _load_builtin():
   register("pggan", pggan.resolve, pggan.ProgressiveGAN)  # Karras et al. 2018
   from models import stylegan2  # pylint: disable=g-import-not-at-top
   register("stylegan2", stylegan2.resolve, stylegan2.StyleGAN2)  # Karras et al. 2020 (StyleGAN2 + ADA)
+  from models import autoencoder  # pylint: disable=g-import-not-at-top
+  register("ae", autoencoder.resolve_ae, autoencoder.Autoencoder)
+  register("vae", autoencoder.resolve_vae, autoencoder.VAE)  # Kingma & Welling 2014 (+ β-VAE, conditional)

@@ -233,6 +233,20 @@ class GenerativeModel(tf.Module):
     if options:
       raise UserError(f"{type(self).__name__} sampling takes no options; got --{', --'.join(sorted(options))}")
 
+  # Whether ``generate`` draws from a prior; a plain autoencoder has none (its output is its reconstructions).
+  samples_from_prior = True
+
+  def preview(self, images, labels, rng):
+    """What the model shows in TensorBoard besides samples, computed from a fixed batch of training images.
+
+    Runs per replica (compiled, like ``generate``) on this replica's rows ``images`` [b, H, W, C] and ``labels``
+    [b]. Returns {name: values [b, ...]}: images in [-1, 1] of any width (an input | reconstruction pair side by
+    side, an interpolation strip) become a grid with one row of values per line, and two-value rows
+    (``[b, 2]``: 2-D latent means) a point map coloured by label. Default: nothing.
+    """
+    del images, labels, rng
+    return {}
+
   def scalars(self):
     """Model-specific values to log (name -> tensor), e.g. fade-in alpha or ADA p."""
     return {}

@@ -108,6 +108,11 @@ class Source:
   def examples_at(self, resolution, channels):
     raise NotImplementedError
 
+  def arrays(self, resolution, channels):
+    """Every (uint8 image [N, H, W, C], label [N]) at ``resolution`` (h, w), in the fixed order, in memory."""
+    memory = self._in_memory(transforms.parse_resolution(resolution), channels)
+    return memory.images, memory.labels
+
   def _in_memory(self, resolution, channels):
     """The whole source decoded once at ``resolution`` (uint8) into an ArraySource, kept per size."""
     memory = self.__dict__.setdefault("_memory", {})
@@ -139,3 +144,9 @@ class ArraySource(Source):
     return input_lib.indexed_batches(self.images, self.labels, layout, seed=seed, start_step=start_step,
                                      transform=model_transform(resolution, channels, self.options.crop),
                                      shuffle=shuffle, flip=flip)
+
+  def arrays(self, resolution, channels):
+    resolution = transforms.parse_resolution(resolution)
+    if tuple(self.images.shape[1:]) == (*resolution, channels):
+      return self.images, self.labels
+    return fit_uint8(self.images, resolution, channels, self.options.crop).numpy(), self.labels

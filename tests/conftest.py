@@ -74,12 +74,23 @@ def tiny_dcgan():
   return c
 
 
+def _shares_a_module_fixture(item):
+  """Whether the test uses a fixture built once per module or session (a trained run that several tests read)."""
+  definitions = getattr(item, "_fixtureinfo", None)
+  if definitions is None:
+    return False
+  return any(d.scope in ("module", "package", "session") and d.baseid
+             for defs in definitions.name2fixturedefs.values() for d in defs)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-  """Every test without an xdist group joins its file's group (``--dist loadgroup`` then keeps a file together)."""
+  """Tests that share a module fixture join their file's xdist group, so ``--dist loadgroup`` builds the fixture
+  once; every other test without a group is a group of its own, so a long file spreads over the workers."""
   for item in items:
     if not item.get_closest_marker("xdist_group"):
-      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+      shared = _shares_a_module_fixture(item)
+      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0] if shared else item.nodeid))
 
 
 def in_ci():

@@ -73,11 +73,13 @@ def base():
   # Evaluation during training (evaluation/evaluator.py); the same scores as `python -m launch.evaluate`.
   c.eval_every = 0  # steps between evaluations of the EMA generator, and at the end (0: off)
   c.eval_num = 10_000  # generated images per evaluation (published FIDs use 50,000)
-  c.eval_metrics = "fid,kid"  # comma-separated: fid, kid, is, pr
+  c.eval_metrics = "fid,kid"  # comma-separated: fid, kid, is, pr, nll (held-out likelihood, models that have one)
   c.eval_extractor = "classifier"  # classifier (offline; digits) | inception (needs eval_inception_weights)
   c.eval_inception_weights = ml_collections.config_dict.placeholder(str)  # local or gs:// path
   c.eval_data = ml_collections.config_dict.placeholder(str)  # reference data spec; default the training data
   c.eval_batch_size = 64  # images per compiled evaluation call
+  c.eval_nll_samples = 64  # nll: importance samples k of the IWAE bound (Burda et al. use 5,000)
+  c.eval_nll_data = ml_collections.config_dict.placeholder(str)  # nll: held-out data; default the test split
   c.runtime = runtime()
   c.model = ml_collections.ConfigDict()
   return c

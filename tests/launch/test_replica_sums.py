@@ -52,9 +52,14 @@ def _diffusion(name):
   return tiny(name, conditional=True, dropout=0.0)
 
 
+def _vae():
+  from tests.models.test_autoencoder import tiny_vae  # pylint: disable=g-import-not-at-top
+  return tiny_vae(conditional=True)  # the AE shares its networks and its one-phase step
+
+
 # The diffusion family's two formulations share the network, the phase and the reductions: EDM stands for both.
 FAMILIES = {"dcgan": (_dcgan, 1), "pggan": (_pggan, 3), "stylegan2": (_stylegan2, 1),
-            "diffusion": (lambda: _diffusion("edm"), 1)}
+            "diffusion": (lambda: _diffusion("edm"), 1), "vae": (_vae, 1)}
 
 
 def _updates(make_config, steps, replicas):

@@ -5,7 +5,8 @@ What is compiled here, for each family, in ``mixed_bfloat16`` with the strategy 
     and gradients, the optimizer updates, the lazy phases' conditions, ``update_state`` (ADA p, lod, path-length
     mean...), the EMA and the counters. Only reading the next batch stays outside, as on a TPU, where the host
     feeds the compiled step. Two steps run: the lazy phases run at step 0 and are skipped at step 1.
-  - the sampler (``model.generate`` as ``launch.sample`` and the sample grids call it), XLA-compiled.
+  - the sampler (``model.generate`` as ``launch.sample`` and the sample grids call it) and the previews (an
+    autoencoder's reconstructions), XLA-compiled.
 An op XLA can't compile (``tf.py_function``, ``tf.print``, a bicubic resize, a dynamic shape) fails the test. XLA
 under MirroredStrategy (per-replica gradients only) is tested in test_loop.py. Only what a CPU can't hold is
 changed: the data (the embedded digits, so resolution at most 32; StyleGAN2 at 16), the global batch, and the
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 from launch import rundir
 from launch import runtime as runtime_lib
-from launch.sampling import Sampler
+from launch.sampling import Previewer, Sampler, has_previews
 from launch.trainer import Trainer
 from tests.conftest import ROOT
 import pipelines
@@ -38,8 +39,9 @@ _CPU_SIZED = {"channels": 16, "num_blocks": 1, "channel_base": 512, "channel_max
               "sample_steps": 2, "mapping_layers": 2, "channel_mults": "1,2", "attention_resolutions": "16"}
 
 
-# Smallest resolution a family's tpu network takes (the U-Nets' four levels need 32); fewer blocks compile faster.
-_RESOLUTION = {"stylegan2": 16}
+# Smaller images than the embedded digits' 32x32 where a family's CPU-sized network takes them: fewer blocks
+# compile faster (the U-Nets have two levels with channel_mults 1,2).
+_RESOLUTION = {"stylegan2": 16, "ddpm": 16, "edm": 16}
 
 
 def tpu_config(name):
@@ -80,7 +82,11 @@ def test_tpu_variant_compiles_its_whole_step_and_its_sampler_with_xla_in_bfloat1
   # The steps ran as the jit-compiled function (a jit_compile function runs only once XLA has compiled it).
   step_fn = trainer._steps[0]  # pylint: disable=protected-access
   assert step_fn._jit_compile and step_fn.experimental_get_tracing_count() >= 1  # pylint: disable=protected-access
-  images = Sampler(runtime, trainer.model, 4, ema=True).batch([0, 1])
   height = int(config.resolution)
-  assert images.shape == (4, height, height, int(config.channels)) and np.isfinite(images).all()
-  assert images.std() > 0  # not a constant image
+  if trainer.model.samples_from_prior:
+    images = Sampler(runtime, trainer.model, 4, ema=True).batch([0, 1])
+    assert images.shape == (4, height, height, int(config.channels)) and np.isfinite(images).all()
+    assert images.std() > 0  # not a constant image
+  if has_previews(trainer.model):  # reconstructions, interpolations
+    outputs, _ = Previewer(runtime, trainer.model, seed=0)([next(iter(trainer.dataset(0)))])
+    assert outputs and all(np.isfinite(v).all() and v.shape[0] == 4 for v in outputs.values())
