@@ -12,7 +12,7 @@ TINY_DCGAN = ["--config.model.g_width=8", "--config.model.d_width=8", "--config.
               "--config.batch_size=8"]
 RUNS = {
     "checkpoint_stall": ["--widths=8", "--saves=1", *TINY_DCGAN],
-    "input_pipeline": ["--count=64", "--batches=1", "--repeats=1", "--train_steps=10", "--resolutions=32"],
+    "input_pipeline": ["--count=64", "--batches=1", "--repeats=1", "--train_steps=2", "--resolutions=32"],
     "modconv": ["--batch=4", "--layers=8:8:8:same", "--cases=scaled:false:fwd", "--calls=1", "--repeats=1",
                 "--compile_limit=120"],
     "sampling_speed": ["--config=launch/configs/edm.py:cpu", "--config.model.channels=8", "--samplers=ddim:2",

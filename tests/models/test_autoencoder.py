@@ -20,20 +20,20 @@ import pipelines
 INFO = pipelines.DataInfo(spec="test", count=10, resolution=32, channels=1, num_classes=10)
 
 
-def _tiny(config_module, latent_dim, **model):
+def _tiny(config_module, **model):
   c = config_module.get_config("cpu")
-  c.model.update({"widths": "8,16", "latent_dim": latent_dim, **model})
+  c.model.update({"widths": "8,16", **model})
   c.batch_size = 16
   c.runtime.steps_per_loop = 1
   return c
 
 
 def tiny_vae(**model):
-  return _tiny(vae_config, 4, **model)
+  return _tiny(vae_config, **{"latent_dim": 4, **model})
 
 
 def tiny_ae(**model):
-  return _tiny(ae_config, 8, **model)
+  return _tiny(ae_config, **{"latent_dim": 8, **model})
 
 
 def _model(config, info=INFO):
