@@ -83,28 +83,10 @@ def _shares_a_module_fixture(item):
              for defs in definitions.name2fixturedefs.values() for d in defs)
 
 
-# The files whose tests took longest in CI, longest first. They are handed to the workers first, so the run doesn't
-# end with one worker alone on a long test (longest-first scheduling); the rest keep their order.
-LONGEST_FIRST = ("tests/launch/test_tpu_variants.py", "tests/models/test_diffusion_model.py",
-                 "tests/models/test_diffusion_cli.py", "tests/launch/test_gcs.py", "tests/launch/test_multiworker.py",
-                 "tests/launch/test_replica_sums.py", "tests/launch/test_train_cli.py",
-                 "tests/launch/test_checkpoints.py", "tests/launch/test_evaluate_cli.py",
-                 "tests/benchmarks/test_benchmarks_run.py", "tests/models/test_autoencoder.py",
-                 "tests/launch/test_tensorboard.py", "tests/models/test_pggan_training.py",
-                 "tests/models/test_stylegan2.py", "tests/models/test_dcgan.py", "tests/launch/test_colab_notebook.py")
-
-
-def _rank(item):
-  path = item.nodeid.split("::")[0]
-  return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
   """Tests that share a module fixture join their file's xdist group, so ``--dist loadgroup`` builds the fixture
-  once; every other test without a group is a group of its own, so a long file spreads over the workers. The
-  longest files go first (``LONGEST_FIRST``)."""
-  items.sort(key=_rank)  # stable: the order within a file, and of the other files, stays
+  once; every other test without a group is a group of its own, so a long file spreads over the workers."""
   for item in items:
     if not item.get_closest_marker("xdist_group"):
       shared = _shares_a_module_fixture(item)

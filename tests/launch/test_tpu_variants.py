@@ -29,9 +29,8 @@ from launch.trainer import Trainer
 from tests.conftest import ROOT
 import pipelines
 
-# StyleGAN2's compile takes longest: first, so that the workers don't end on it.
-CONFIGS = sorted((os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "launch", "configs", "*.py"))
-                  if "def get_config" in open(p).read()), key=lambda name: (name != "stylegan2", name))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "launch", "configs", "*.py"))
+                 if "def get_config" in open(p).read())
 
 
 # Model keys that set network widths, and CPU-sized values for them; a family uses the ones it has.
