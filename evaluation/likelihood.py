@@ -25,6 +25,8 @@ import tensorflow as tf
 from genscale.errors import UserError, require
 from genscale.progress import Progress
 from models.base import BatchRng
+from pipelines import transforms
+import pipelines
 
 BINARIZATION_SEED = 20140101  # the fixed binarisation of the held-out images (the VAE paper's year)
 _DECODES_PER_CALL = 4096  # examples x draws through the decoder in one compiled call
@@ -46,11 +48,6 @@ def binarize(images_uint8, seed=BINARIZATION_SEED):
   """Images in {-1, 1} (float32): pixel = 1 where a uniform draw is below its intensity."""
   u = np.random.Generator(np.random.PCG64(seed)).random(images_uint8.shape, dtype=np.float64)
   return np.where(u < images_uint8 / 255.0, 1.0, -1.0).astype(np.float32)
-
-
-def to_signed(images_uint8):
-  """uint8 -> float32 in [-1, 1], the pipeline's convention."""
-  return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
 @dataclasses.dataclass
@@ -157,7 +154,6 @@ class LikelihoodRunner:
 def heldout_data(model, spec, resolution, channels, num, input_options=None):
   """The evaluation images in the model's data space (binarised with the fixed seed for binary-pixel models),
   their labels, and a description for the record."""
-  import pipelines  # pylint: disable=g-import-not-at-top
   source = pipelines.open_source(spec, input_options)
   images, labels = source.arrays(pipelines.parse_resolution(resolution), int(channels))
   if num:
@@ -165,7 +161,7 @@ def heldout_data(model, spec, resolution, channels, num, input_options=None):
   require(len(images) >= 2, f"{spec} has {len(images)} images; the likelihood needs at least 2")
   if model.likelihood_data() == "binary":
     return binarize(images), labels, {"binarization_seed": BINARIZATION_SEED}
-  return to_signed(images), labels, {"binarization_seed": None}
+  return transforms.to_model_range(images).numpy(), labels, {"binarization_seed": None}
 
 
 def evaluate(runtime, model, spec, resolution, channels, samples, num=None, batch_size=64, seed=0,

@@ -113,8 +113,3 @@ def elbo(log_px, kl):
   """The ELBO per example [b]: the reconstruction term averaged over the k draws of ``log_px`` [k, b], minus the
   analytic KL [b]."""
   return tf.reduce_mean(log_px, axis=0) - kl
-
-
-def bits_per_dim(nats, dims):
-  """Nats per image -> bits per dimension (pixel x channel)."""
-  return nats / (dims * math.log(2.0))

@@ -74,10 +74,13 @@ class Autoencoder(base.GenerativeModel):
       return tf.where(keep, images, -tf.ones_like(images))
     return images
 
+  def _image(self, out):
+    """The decoder's output as an image: intensities from logits (bce), the output itself (mse)."""
+    return tf.sigmoid(out) * 2.0 - 1.0 if self.reconstruction == "bce" else out
+
   def decode(self, code):
     """Images in [-1, 1] from codes."""
-    out = self.decoder(code)
-    return tf.sigmoid(out) * 2.0 - 1.0 if self.reconstruction == "bce" else tf.clip_by_value(out, -1.0, 1.0)
+    return tf.clip_by_value(self._image(self.decoder(code)), -1.0, 1.0)
 
   def reconstruction_error(self, images, out):
     """Per example: the squared error summed over pixels in [0, 1] units (mse), or the cross-entropy of the
@@ -91,8 +94,7 @@ class Autoencoder(base.GenerativeModel):
     images = batch["image"]
     out = self.decoder(self.encoder(self.corrupt(images, rng)))
     error = self.reconstruction_error(images, out)
-    decoded = tf.sigmoid(out) * 2.0 - 1.0 if self.reconstruction == "bce" else out
-    pixel_mse = tf.reduce_mean(tf.square((decoded - images) / 2.0), axis=[1, 2, 3])  # in [0, 1] units
+    pixel_mse = tf.reduce_mean(tf.square((self._image(out) - images) / 2.0), axis=[1, 2, 3])  # in [0, 1] units
     return error, {"AE/reconstruction": error, "AE/mse_per_pixel": pixel_mse}
 
   def phases(self, stage):

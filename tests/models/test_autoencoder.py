@@ -15,6 +15,7 @@ from launch.configs import vae as vae_config
 from models import base
 from models.autoencoder import bounds
 from tests.conftest import build_trainer
+from pipelines import transforms
 import pipelines
 
 INFO = pipelines.DataInfo(spec="test", count=10, resolution=32, channels=1, num_classes=10)
@@ -44,7 +45,7 @@ def _model(config, info=INFO):
 
 def _digits(count=16, split="train"):
   images, labels = pipelines.embedded.load(split)
-  return tf.constant(likelihood.to_signed(images[:count])), tf.constant(labels[:count])
+  return transforms.to_model_range(images[:count]), tf.constant(labels[:count])
 
 
 # ---- bounds against closed forms
@@ -257,7 +258,7 @@ def test_the_autoencoder_beats_pca_of_the_same_size_on_heldout_digits():
   basis = vt[:8]  # PCA with as many components as the code has values
   pca = ((x_test - centre) @ basis.T @ basis + centre)
   pca_mse = ((pca - x_test)**2).mean()
-  images = tf.constant(likelihood.to_signed(test))
+  images = transforms.to_model_range(test)
   reconstruction = (trainer.model.reconstruct(images).numpy() + 1.0) / 2.0
   ae_mse = ((reconstruction.reshape(len(test), -1) - x_test)**2).mean()
   assert ae_mse < pca_mse, (ae_mse, pca_mse)
