@@ -64,7 +64,11 @@ def committed_steps(workdir, warn=None):
   From ``state.json``; without a valid one (a directory written by other tools, a file cut off), from the
   ``.index`` files present.
   """
-  state = read_state(workdir, warn)
+  return _steps_of(read_state(workdir, warn), workdir)
+
+
+def _steps_of(state, workdir):
+  """``committed_steps`` from an already read ``state`` (None: from the ``.index`` files)."""
   if state is not None:
     return sorted((int(s) for s in state.get("steps", [])), reverse=True)
   directory = directory_of(workdir)
@@ -198,8 +202,9 @@ class Store:
       shutil.rmtree(self.directory, ignore_errors=True)
       os.makedirs(self.directory, exist_ok=True)
       return
-    state = read_state(self.workdir) or {"saved_at": {}}
-    steps = sorted(set(committed_steps(self.workdir)) | {step})
+    state = read_state(self.workdir)  # read once: on gs:// every read is a request
+    steps = sorted(set(_steps_of(state, self.workdir)) | {step})
+    state = state or {"saved_at": {}}
     saved_at = {str(k): v for k, v in state.get("saved_at", {}).items()}
     saved_at[str(step)] = time.time()
     kept = self._retained(steps)
