@@ -72,6 +72,7 @@ setup(
             "genscale-inspect=pipelines.inspect:entry_point",
             "genscale-runs=launch.runs:entry_point",
             "genscale-evaluate=launch.evaluate:entry_point",
+            "genscale-tokens=launch.tokens:entry_point",
         ],
     },
 )

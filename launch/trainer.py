@@ -4,7 +4,7 @@ One training step, for the global batch:
   for each phase of the model in the current stage (in order; a phase with interval k only on steps divisible by k):
     per replica: loss and gradients (XLA-compiled when runtime.xla), then the optimizer update, which sums the
     gradients over replicas (losses are divided by the global batch, so the sum is the global mean);
-    the model's ``update_state`` from the phase group's metrics reduced over replicas;
+    the model's ``update_state`` from the phase group's metrics and statistics reduced over replicas;
   per replica: the EMA of the generator's weights;
   the step and image counters advance.
 ``run(n)`` runs n steps in one compiled call (two when the last step measures gradients). A non-finite loss ends
@@ -27,7 +27,7 @@ import tensorflow as tf
 from genscale.errors import require
 from launch import metrics as metrics_lib
 from launch.stages import Stages, interval_groups, unique_variables
-from models.base import BatchRng, Stage
+from models.base import BatchRng, Stage, Statistic
 import models
 import pipelines
 
@@ -173,21 +173,26 @@ class Trainer:
       missing = [v.name for v, g in zip(phase.variables, grads) if g is None]
       if missing:
         raise ValueError(f"phase {phase.name}: no gradient for {', '.join(missing)}")
-      out = {f"{phase.name}/loss": loss}
+      out, statistics = {f"{phase.name}/loss": loss}, {}
       for name, value in metrics.items():
-        out[name] = metrics_lib.replica_contribution(value, global_batch, replicas)
-      return out, grads
+        if isinstance(value, Statistic):
+          statistics[name] = tf.cast(value.total, tf.float32)
+        else:
+          out[name] = metrics_lib.replica_contribution(value, global_batch, replicas)
+      return out, statistics, grads
 
     return gradients
 
   def _replica_phases(self, phases, diagnostics, batch, position):
-    """Runs phases for one replica; with ``diagnostics``, also the global gradient norm and gradients."""
+    """Runs phases for one replica; returns (metrics, statistics, gradients); with ``diagnostics``, also the global
+    gradient norm and gradients."""
     context = tf.distribute.get_replica_context()
     key = tf.stack([tf.constant(self.seed, tf.int64), position])
-    out, gradients = {}, {}
+    out, statistics, gradients = {}, {}, {}
     for phase in phases:
       optimizer = self.optimizers[phase.optimizer]
-      metrics, grads = self._grads[phase.name](batch, key, context.replica_id_in_sync_group)
+      metrics, phase_statistics, grads = self._grads[phase.name](batch, key, context.replica_id_in_sync_group)
+      statistics.update(phase_statistics)
       if diagnostics:
         # The optimizer sums gradients over replicas inside apply_gradients; this extra sum, on diagnostic steps
         # only, gives the norm of the gradient actually applied (unscaled when loss scaling is on).
@@ -199,7 +204,7 @@ class Trainer:
       optimizer.apply_gradients(zip(grads, phase.variables))
       self._phase_runs[phase.name].assign_add(1)
       out.update(metrics)
-    return out, gradients
+    return out, statistics, gradients
 
   def _replica_ema(self, beta):
     for ema, var in self.model.ema_pairs:
@@ -219,10 +224,12 @@ class Trainer:
   def _run_segment(self, phases, batch, step, position, diagnostics=False):
     """Runs a group of phases on every replica; returns (all metrics finite, gradients when diagnostics)."""
     strategy = self.runtime.strategy
-    per_replica, gradients = strategy.run(functools.partial(self._replica_phases, phases, diagnostics),
-                                          args=(batch, position))
+    per_replica, statistics, gradients = strategy.run(functools.partial(self._replica_phases, phases, diagnostics),
+                                                      args=(batch, position))
     finite = tf.constant(True)
-    reduced = {}
+    # Statistics (models.base.Statistic) are summed over replicas for update_state, never logged.
+    reduced = {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+               for name, value in statistics.items()}
     for name, value in per_replica.items():
       value = tf.nest.map_structure(lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), value)
       self._metrics.add(name, value)

@@ -62,3 +62,4 @@ def _load_builtin():
   from models import autoencoder  # pylint: disable=g-import-not-at-top
   register("ae", autoencoder.resolve_ae, autoencoder.Autoencoder)
   register("vae", autoencoder.resolve_vae, autoencoder.VAE)  # Kingma & Welling 2014 (+ β-VAE, conditional)
+  register("vqvae", autoencoder.resolve_vqvae, autoencoder.VQVAE)  # van den Oord et al. 2017

@@ -34,7 +34,8 @@ class Phase:
     loss: ``loss(batch, rng) -> (per_example_loss [b], metrics)``. Runs per replica. ``metrics`` maps names to
       per-example values [b] (averaged over the global batch), scalars (averaged over replicas), or a pair
       (numerator [b], denominator [b]) reported as sum(numerator) / sum(denominator) over the global batch and
-      the logging window (e.g. the mean loss of the examples in one noise-level bucket).
+      the logging window (e.g. the mean loss of the examples in one noise-level bucket). A ``Statistic`` is not
+      logged: it is summed over replicas and handed to ``update_state`` (a codebook's assignment counts).
     interval: run on steps where ``step % interval == 0``.
   """
   name: str
@@ -42,6 +43,18 @@ class Phase:
   variables: Sequence[tf.Variable]
   loss: Callable
   interval: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistic:
+  """A tensor of any shape that a phase's loss returns among its metrics for ``update_state`` alone.
+
+  ``total`` is this replica's share; the loop sums it over the replicas (so a sum over this replica's examples
+  becomes a sum over the global batch) and passes the sum to ``update_state`` under the metric's name. It is never
+  logged. Example: the number of times each codebook vector was chosen, [K]. Rows that must stay apart (one per
+  example of the global batch) use ``BatchRng.global_rows``.
+  """
+  total: tf.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +126,14 @@ class BatchRng:
     """Uniform int32 values in [0, maxval) of shape [b, *shape]."""
     u = uniform_values(self.key, stream, self._counters(shape))
     return tf.minimum(tf.cast(tf.floor(u * maxval), tf.int32), maxval - 1)
+
+  def global_rows(self, values):
+    """[global_batch, ...]: this replica's rows ``values`` [b, ...] at their place in the global batch, zeros
+    elsewhere. Summed over replicas (a ``Statistic``) it is the global batch's values, however the batch is split.
+    A one-hot product rather than a pad, so the shape stays static under XLA with a traced replica id."""
+    mine = tf.one_hot(tf.cast(self.replica_id, tf.int32), self.num_replicas, dtype=values.dtype)
+    spread = mine[:, None] * tf.reshape(values, [1, -1])  # [replicas, b * row size]
+    return tf.reshape(spread, [self.global_batch, *values.shape[1:]])
 
   def shared_normal(self, shape, stream):
     """Standard normal values of ``shape``, the same on every replica (not per example)."""
@@ -261,9 +282,10 @@ class GenerativeModel(tf.Module):
   def update_state(self, stage, step, nimg, metrics):
     """Updates model state from global statistics; called after every group of phases that ran.
 
-    Runs inside the compiled training call of ``stage`` in cross-replica context, outside XLA: ``metrics`` are the
-    group's metrics already reduced over all replicas (global means, see ``Phase``; a ratio as its value),
-    ``step`` the step being trained and ``nimg`` the images seen before it. Assign to ``state_variable``s
+    Runs inside the compiled training call of ``stage`` in cross-replica context (inside XLA only with
+    ``runtime.xla_whole_step``): ``metrics`` are the group's metrics already reduced over all replicas (global
+    means, see ``Phase``; a ratio as its value; a ``Statistic`` as its sum over replicas), ``step`` the step being
+    trained and ``nimg`` the images seen before it. Assign to ``state_variable``s
     created in ``__init__``, e.g. ADA's augmentation probability or the path-length mean. Default: nothing.
     """
     del stage, step, nimg, metrics

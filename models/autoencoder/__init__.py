@@ -1,14 +1,16 @@
-"""The autoencoder family: AE (plain or denoising) and VAE (β-VAE, capacity annealing, conditional).
+"""The autoencoder family: AE (plain or denoising), VAE (β-VAE, capacity annealing, conditional) and VQ-VAE.
 
-``resolve_ae`` and ``resolve_vae`` check the model sections; ``Autoencoder`` and ``VAE`` are the models.
+``resolve_ae``, ``resolve_vae`` and ``resolve_vqvae`` check the model sections; ``Autoencoder``, ``VAE`` and
+``VQVAE`` are the models.
 """
 
 from genscale.errors import require, require_choice
 from genscale.shapes import parse_resolution
 from models.autoencoder.model import Autoencoder, VAE
 from models.autoencoder.networks import parse_widths
+from models.autoencoder.vqvae import VQVAE
 
-__all__ = ["Autoencoder", "VAE", "resolve_ae", "resolve_vae"]
+__all__ = ["Autoencoder", "VAE", "VQVAE", "resolve_ae", "resolve_vae", "resolve_vqvae"]
 
 
 def _check_shape(config):
@@ -24,7 +26,8 @@ def _check_shape(config):
   require(height == width and height % factor == 0 and height >= factor,
           f"--config.resolution={config.resolution}: with {len(widths)} stride-2 layers (--config.model.widths) the "
           f"autoencoders need square images whose side is a multiple of {factor}")
-  require(int(m.latent_dim) >= 1, f"--config.model.latent_dim={m.latent_dim} must be at least 1")
+  if "latent_dim" in m:
+    require(int(m.latent_dim) >= 1, f"--config.model.latent_dim={m.latent_dim} must be at least 1")
   require(float(m.lr) > 0, f"--config.model.lr={m.lr} must be positive")
   require_choice(m.lr_decay, ("none", "cosine"), "--config.model.lr_decay")
 
@@ -53,4 +56,18 @@ def resolve_vae(config):
           "(0: no capacity objective)")
   require(int(m.capacity_steps) >= 0, f"--config.model.capacity_steps={m.capacity_steps} must be at least 0")
   require(float(m.capacity_gamma) > 0.0, f"--config.model.capacity_gamma={m.capacity_gamma} must be positive")
+  return config
+
+
+def resolve_vqvae(config):
+  m = config.model
+  _check_shape(config)
+  require_choice(m.reconstruction, ("mse", "bce"), "--config.model.reconstruction")
+  require_choice(m.codebook, ("ema", "loss"), "--config.model.codebook")
+  require(int(m.codebook_size) >= 2, f"--config.model.codebook_size={m.codebook_size} must be at least 2")
+  require(int(m.code_dim) >= 1, f"--config.model.code_dim={m.code_dim} must be at least 1")
+  require(float(m.commitment) >= 0.0, f"--config.model.commitment={m.commitment} must be at least 0")
+  require(0.0 <= float(m.ema_decay) < 1.0, f"--config.model.ema_decay={m.ema_decay} must be in [0, 1)")
+  require(float(m.restart_below) >= 0.0, f"--config.model.restart_below={m.restart_below} must be at least 0 "
+          "(0: no dead-code restarts)")
   return config

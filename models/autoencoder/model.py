@@ -38,7 +38,7 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 _MIN_LOG_SCALE = -7.0  # the Gaussian likelihood's scale stays above e^-7 (far below an 8-bit level, 1/127.5)
 
 
-def _optimizer(config):
+def optimizer(config):
   """Adam at ``model.lr``; with ``model.lr_decay=cosine`` the rate falls along a half cosine to 5% of it at the
   run's last step (the optimizer's step count drives it, so a resume continues the schedule)."""
   m = config.model
@@ -46,6 +46,24 @@ def _optimizer(config):
   if m.lr_decay == "cosine":
     rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=int(config.steps), alpha=0.05)
   return keras.optimizers.Adam(learning_rate=rate)
+
+
+def output_image(reconstruction, out):
+  """A decoder's output as an image in [-1, 1]: intensities from logits (bce), the output itself (mse)."""
+  image = tf.sigmoid(out) * 2.0 - 1.0 if reconstruction == "bce" else out
+  return tf.clip_by_value(image, -1.0, 1.0)
+
+
+def reconstruction_error(reconstruction, images, out):
+  """(error, mean squared error per pixel), per example, of the decoder output ``out`` for ``images``: the error
+  is the squared error summed over pixels in [0, 1] units (mse), or the cross-entropy of the intensities (bce)."""
+  target = (images + 1.0) / 2.0
+  if reconstruction == "bce":
+    error = -bounds.bernoulli_log_prob(target, out)
+  else:
+    error = tf.reduce_sum(tf.square((out + 1.0) / 2.0 - target), axis=[1, 2, 3])
+  pixel_mse = tf.reduce_mean(tf.square((output_image(reconstruction, out) + 1.0) / 2.0 - target), axis=[1, 2, 3])
+  return error, pixel_mse
 
 
 class Autoencoder(base.GenerativeModel):
@@ -63,7 +81,7 @@ class Autoencoder(base.GenerativeModel):
     self.denoise, self.noise = m.denoise, float(m.noise)
     self.num_classes = 0
     self.encoder, self.decoder = networks.build(config, hardware, self.latent_dim)
-    self.optimizers = {"ae": _optimizer(config)}
+    self.optimizers = {"ae": optimizer(config)}
     self.ema_pairs = []
 
   def corrupt(self, images, rng):
@@ -74,27 +92,14 @@ class Autoencoder(base.GenerativeModel):
       return tf.where(keep, images, -tf.ones_like(images))
     return images
 
-  def _image(self, out):
-    """The decoder's output as an image: intensities from logits (bce), the output itself (mse)."""
-    return tf.sigmoid(out) * 2.0 - 1.0 if self.reconstruction == "bce" else out
-
   def decode(self, code):
     """Images in [-1, 1] from codes."""
-    return tf.clip_by_value(self._image(self.decoder(code)), -1.0, 1.0)
-
-  def reconstruction_error(self, images, out):
-    """Per example: the squared error summed over pixels in [0, 1] units (mse), or the cross-entropy of the
-    intensities (bce)."""
-    target = (images + 1.0) / 2.0
-    if self.reconstruction == "bce":
-      return -bounds.bernoulli_log_prob(target, out)
-    return tf.reduce_sum(tf.square((out + 1.0) / 2.0 - target), axis=[1, 2, 3])
+    return output_image(self.reconstruction, self.decoder(code))
 
   def loss(self, batch, rng):
     images = batch["image"]
     out = self.decoder(self.encoder(self.corrupt(images, rng)))
-    error = self.reconstruction_error(images, out)
-    pixel_mse = tf.reduce_mean(tf.square((self._image(out) - images) / 2.0), axis=[1, 2, 3])  # in [0, 1] units
+    error, pixel_mse = reconstruction_error(self.reconstruction, images, out)
     return error, {"AE/reconstruction": error, "AE/mse_per_pixel": pixel_mse}
 
   def phases(self, stage):
@@ -136,7 +141,7 @@ class VAE(base.GenerativeModel):
     if self.likelihood == "gaussian":
       self.log_scale = tf.Variable(tf.fill([self.channels], math.log(0.1)), name="log_scale")
     self.capacity = base.state_variable(0.0, "capacity")
-    self.optimizers = {"vae": _optimizer(config)}
+    self.optimizers = {"vae": optimizer(config)}
     self.ema_pairs = []
 
   # ---- the model's densities

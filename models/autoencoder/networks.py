@@ -32,6 +32,7 @@ class Encoder(tf.Module):
       self.convs.append(layers.Conv2D(previous, width, 4, keys, stride=2, dtype=dtype))
       previous = width
     side = resolution // 2**len(widths)
+    self.grid = (side, side)  # the spatial code's grid
     self.features = side * side * previous
     if spatial:
       self.out = layers.Conv2D(previous, outputs, 1, keys, gain=1.0, dtype=dtype)
@@ -84,12 +85,15 @@ class Decoder(tf.Module):
     return tf.cast(x, tf.float32)
 
 
-def build(config, hardware, encoder_outputs, num_classes=0):
+def build(config, hardware, encoder_outputs, num_classes=0, spatial=False):
   """The (encoder, decoder) pair of a run config: ``encoder_outputs`` values per image, a ``model.latent_dim`` code
-  into the decoder, widths from ``model.widths``, weights seeded by ``config.seed``."""
+  into the decoder, widths from ``model.widths``, weights seeded by ``config.seed``. ``spatial``: the code is a
+  grid of ``encoder_outputs``-value vectors, in and out."""
   side, _ = parse_resolution(config.resolution)
   m, channels, keys = config.model, int(config.channels), layers.Keys(config.seed)
   widths = parse_widths(m.widths)
-  encoder = Encoder(side, channels, widths, encoder_outputs, keys, hardware.compute_dtype, num_classes=num_classes)
-  decoder = Decoder(side, channels, widths, int(m.latent_dim), keys, hardware.compute_dtype, num_classes=num_classes)
+  dtype = hardware.compute_dtype
+  encoder = Encoder(side, channels, widths, encoder_outputs, keys, dtype, num_classes=num_classes, spatial=spatial)
+  code_size = encoder_outputs if spatial else int(m.latent_dim)
+  decoder = Decoder(side, channels, widths, code_size, keys, dtype, num_classes=num_classes, spatial=spatial)
   return encoder, decoder

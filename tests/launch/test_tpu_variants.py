@@ -4,7 +4,8 @@ What is compiled here, for each family, in ``mixed_bfloat16`` with the strategy 
   - the training step's whole device work as ONE XLA computation (``runtime.xla_whole_step``): every phase's loss
     and gradients, the optimizer updates, the lazy phases' conditions, ``update_state`` (ADA p, lod, path-length
     mean...), the EMA and the counters. Only reading the next batch stays outside, as on a TPU, where the host
-    feeds the compiled step. Two steps run: the lazy phases run at step 0 and are skipped at step 1.
+    feeds the compiled step. Two steps run: the lazy phases run at step 0 (each phase must report a loss) and are
+    skipped at step 1.
   - the sampler (``model.generate`` as ``launch.sample`` and the sample grids call it) and the previews (an
     autoencoder's reconstructions), XLA-compiled.
 An op XLA can't compile (``tf.py_function``, ``tf.print``, a bicubic resize, a dynamic shape) fails the test. XLA
@@ -78,6 +79,8 @@ def test_tpu_variant_compiles_its_whole_step_and_its_sampler_with_xla_in_bfloat1
   result = trainer.run(2)
   assert result.finite and result.step == 2, result.values()
   assert all(np.isfinite(v) for v in result.values().values()), result.values()
+  # Every phase ran, the lazy ones (StyleGAN2's R1 and path length) at step 0, in bfloat16 under XLA.
+  assert all(result.values()[f"{p.name}/loss"] != 0 for p in trainer.phases), result.values()
   assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, trainer.model.trainable_variables))
   # The steps ran as the jit-compiled function (a jit_compile function runs only once XLA has compiled it).
   step_fn = trainer._steps[0]  # pylint: disable=protected-access
