@@ -11,7 +11,7 @@ Variants:
 
 The codebook learns by EMA of the encoder outputs assigned to each code (--config.model.codebook=ema, the paper's
 appendix) or by gradient (loss); codes used less than --config.model.restart_below times per step move onto encoder
-outputs of the current batch. The trained run is a tokenizer: launch/tokens.py reads its token grids.
+outputs of the current batch. The trained run is a tokenizer: launch/tokenizer.py reads its token grids.
 """
 
 import ml_collections

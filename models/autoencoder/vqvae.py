@@ -9,7 +9,7 @@ reconstructs the image from them. The loss of one example is
 every term summed over its pixels or grid values (at the defaults the image and the code grid hold the same number
 of values, 32·32·1 = 8·8·16, so the sums weigh the terms as the paper's means do). The grid of indices is the
 model's tokenisation of an image: ``encode`` gives it, ``decode_tokens`` maps it back, and a generative model of
-token grids (a transformer) reads them from a trained run (launch/tokens.py). A VQ-VAE alone has no prior to sample.
+token grids (a transformer) reads them from a trained run (launch/tokenizer.py). A VQ-VAE alone has no prior to sample.
 """
 
 import tensorflow as tf
@@ -96,5 +96,5 @@ class VQVAE(base.GenerativeModel):
     return {"reconstructions": tf.concat([images, self.reconstruct(images, labels)], axis=2)}
 
   def generate(self, rng, labels=None, ema=True, **options):
-    raise UserError("a VQ-VAE has no prior to sample from: its token grids (launch/tokens.py) are the input of a "
+    raise UserError("a VQ-VAE has no prior to sample from: its token grids (launch/tokenizer.py) are the input of a "
                     "generative model of tokens; TensorBoard shows its reconstructions")

@@ -127,7 +127,7 @@ def trained(tmp_path_factory):
   config.update(steps=300, log_every=100, checkpoint_every=300, sample_every=300, histogram_every=0)
   workdir = str(tmp_path_factory.mktemp("vqvae"))
   loop.train(config, workdir)
-  from launch.tokens import Tokenizer  # pylint: disable=g-import-not-at-top
+  from launch.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   return workdir, Tokenizer.load(workdir)
 
 
@@ -200,7 +200,7 @@ def test_bad_settings_are_one_line_errors(key, value, fragment):
 def test_a_vqvae_refuses_to_sample_and_a_tokenizer_needs_a_vqvae():
   from launch.sampling import Sampler  # pylint: disable=g-import-not-at-top
   from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
-  from launch.tokens import Tokenizer  # pylint: disable=g-import-not-at-top
+  from launch.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   config = rundir.prepare_config(tiny())
   with pytest.raises(UserError, match="no prior to sample from"):
     Sampler(runtime_lib.create(config.runtime), build_model(tiny(), INFO), 4)
