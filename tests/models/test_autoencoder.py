@@ -312,16 +312,11 @@ def test_gaussian_likelihood_needs_no_binarisation():
 
 # ---- through the loop and the commands
 
-def test_a_resumed_vae_run_equals_the_unbroken_one(tmp_path):
+def resumed_and_unbroken(config, tmp_path):
+  """Checkpoint values ({name: array}) of a 4-step run and of the same run stopped at step 2 and resumed, each
+  from ``config(steps)``."""
   from launch import checkpoints  # pylint: disable=g-import-not-at-top
   from launch import loop  # pylint: disable=g-import-not-at-top
-
-  def config(steps):
-    # Model state (capacity) and labels. A constant rate: a cosine schedule spans config.steps, which differs here.
-    c = tiny_vae(capacity_nats=10.0, capacity_steps=4, conditional=True, lr_decay="none")
-    c.update(steps=steps, log_every=2, checkpoint_every=2, sample_every=4, histogram_every=0)
-    return c
-
   loop.train(config(4), str(tmp_path / "unbroken"))
   loop.train(config(2), str(tmp_path / "resumed"))
   loop.train(config(4), str(tmp_path / "resumed"))
@@ -329,9 +324,21 @@ def test_a_resumed_vae_run_equals_the_unbroken_one(tmp_path):
   for run in ("unbroken", "resumed"):
     reader = tf.train.load_checkpoint(checkpoints.latest(str(tmp_path / run)))
     values.append({k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k})
-  assert any("capacity" in k for k in values[0]) and any("encoder" in k for k in values[0])
-  for key, value in values[0].items():
-    np.testing.assert_array_equal(values[1][key], value, err_msg=key)
+  return values
+
+
+def test_a_resumed_vae_run_equals_the_unbroken_one(tmp_path):
+
+  def config(steps):
+    # Model state (capacity) and labels. A constant rate: a cosine schedule spans config.steps, which differs here.
+    c = tiny_vae(capacity_nats=10.0, capacity_steps=4, conditional=True, lr_decay="none")
+    c.update(steps=steps, log_every=2, checkpoint_every=2, sample_every=4, histogram_every=0)
+    return c
+
+  unbroken, resumed = resumed_and_unbroken(config, tmp_path)
+  assert any("capacity" in k for k in unbroken) and any("encoder" in k for k in unbroken)
+  for key, value in unbroken.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
 
 
 def test_train_sample_and_evaluate_from_the_command_line(tmp_path):

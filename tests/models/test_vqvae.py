@@ -14,7 +14,7 @@ from launch.configs import vqvae as vqvae_config
 from models import base
 from models.autoencoder import quantizer
 from tests.conftest import build_trainer
-from tests.models.test_autoencoder import INFO, _digits
+from tests.models.test_autoencoder import INFO, _digits, resumed_and_unbroken
 from tests.models.test_autoencoder import _model as build_model
 
 
@@ -163,24 +163,16 @@ def test_tokens_decode_to_the_models_reconstructions_and_the_command_writes_them
 
 
 def test_a_resumed_run_equals_the_unbroken_one(tmp_path):
-  from launch import checkpoints  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
 
   def config(steps):
     c = tiny()
     c.update(steps=steps, log_every=2, checkpoint_every=2, sample_every=4, histogram_every=0)
     return c
 
-  loop.train(config(4), str(tmp_path / "unbroken"))
-  loop.train(config(2), str(tmp_path / "resumed"))
-  loop.train(config(4), str(tmp_path / "resumed"))
-  values = []
-  for run in ("unbroken", "resumed"):
-    reader = tf.train.load_checkpoint(checkpoints.latest(str(tmp_path / run)))
-    values.append({k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k})
-  assert any("usage" in k for k in values[0]) and any("sums" in k for k in values[0])
-  for key, value in values[0].items():
-    np.testing.assert_array_equal(values[1][key], value, err_msg=key)
+  unbroken, resumed = resumed_and_unbroken(config, tmp_path)
+  assert any("usage" in k for k in unbroken) and any("sums" in k for k in unbroken)
+  for key, value in unbroken.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
 
 
 @pytest.mark.parametrize("key,value,fragment", [
