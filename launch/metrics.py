@@ -53,34 +53,40 @@ def replica_contribution(value, global_batch, num_replicas):
 
 
 class Accumulators:
-  """In-graph (total, weight) sums of the metrics of one compiled call. Variables are made on first use."""
+  """In-graph (total, weight) sums of the metrics of one compiled call.
+
+  The sums live in two vectors made up front, a slot per metric name, given out when a trace first adds that
+  name. A variable made during a trace would make TensorFlow trace the whole training call a second time (the
+  first trace only creates variables), and tracing is most of a small run's start-up.
+  """
+
+  CAPACITY = 512
 
   def __init__(self):
-    self._sums = {}
+    self._slots = {}  # name -> index, in the order the traces first added them
+    self._totals = tf.Variable(tf.zeros([self.CAPACITY]), trainable=False, name="metric_totals")
+    self._weights = tf.Variable(tf.zeros([self.CAPACITY]), trainable=False, name="metric_weights")
 
   def add(self, name, reduced):
     """Adds a metric already summed over replicas: a tensor (a mean's value) or a (numerator, denominator) pair."""
     total, weight = reduced if isinstance(reduced, tuple) else (reduced, tf.constant(1.0))
-    if name not in self._sums:
-      with tf.init_scope():
-        self._sums[name] = (tf.Variable(0.0, trainable=False), tf.Variable(0.0, trainable=False))
-    total_var, weight_var = self._sums[name]
-    total_var.assign_add(total)
-    weight_var.assign_add(weight)
+    if name not in self._slots:
+      if len(self._slots) == self.CAPACITY:
+        raise ValueError(f"more than {self.CAPACITY} training metrics; metric {name!r} has no slot "
+                         f"(raise metrics.Accumulators.CAPACITY)")
+      self._slots[name] = len(self._slots)
+    index = [[self._slots[name]]]
+    self._totals.scatter_nd_add(index, tf.reshape(tf.cast(total, tf.float32), [1]))
+    self._weights.scatter_nd_add(index, tf.reshape(tf.cast(weight, tf.float32), [1]))
 
   def reset(self):
-    for total, weight in self._sums.values():
-      total.assign(0.0)
-      weight.assign(0.0)
+    self._totals.assign(tf.zeros_like(self._totals))
+    self._weights.assign(tf.zeros_like(self._weights))
 
   def read(self):
     """{name: Metric} of the metrics that were added since the last reset (host)."""
-    out = {}
-    for name, (total, weight) in self._sums.items():
-      weight = float(weight.numpy())
-      if weight:
-        out[name] = Metric(float(total.numpy()), weight)
-    return out
+    totals, weights = self._totals.numpy(), self._weights.numpy()
+    return {name: Metric(float(totals[i]), float(weights[i])) for name, i in self._slots.items() if weights[i]}
 
 
 def value_of(reduced):

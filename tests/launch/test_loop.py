@@ -145,6 +145,37 @@ def test_lazy_phases_run_at_their_interval(tiny_dcgan):
   assert "G/loss" in metrics
 
 
+def test_the_training_call_makes_no_variable_while_it_is_traced(tiny_dcgan):
+  # A variable made during a trace makes TensorFlow trace the whole call again: twice the start-up.
+  trainer = _trainer(tiny_dcgan, steps_per_loop=2)
+  made = []
+
+  def creator(next_creator, **kwargs):
+    made.append(kwargs.get("name"))
+    return next_creator(**kwargs)
+
+  with tf.variable_creator_scope(creator):
+    result = trainer.run(2)
+  assert made == [] and result.step == 2
+  assert {"D/loss", "G/loss", "perf/input_wait_fraction"} <= set(result.values())
+
+
+def test_more_metrics_than_slots_is_a_clear_error(monkeypatch):
+  from launch import metrics  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(metrics.Accumulators, "CAPACITY", 2)
+  sums = metrics.Accumulators()
+
+  @tf.function
+  def add(names):
+    for name in names:
+      sums.add(name, tf.constant(1.0))
+
+  add(["a", "b"])
+  with pytest.raises(ValueError, match="more than 2 training metrics; metric 'c' has no slot"):
+    add(["a", "c"])
+  assert {k: m.value for k, m in sums.read().items()} == {"a": 1.0, "b": 1.0}
+
+
 def test_a_nonfinite_loss_ends_the_call_at_that_step():
   config = toy_model.config(model={"name": "mean_image", "lr": 0.5, "nan_at_step": 3, "width": 1})
   trainer = _trainer(config)
