@@ -146,7 +146,7 @@ def test_lazy_phases_run_at_their_interval(tiny_dcgan):
 
 
 def test_the_training_call_makes_no_variable_while_it_is_traced(tiny_dcgan):
-  # A variable made during a trace makes TensorFlow trace the whole call again: twice the start-up.
+  # A variable made during a trace makes TensorFlow trace the whole call a second time.
   trainer = _trainer(tiny_dcgan, steps_per_loop=2)
   made = []
 
