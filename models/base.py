@@ -257,6 +257,40 @@ class GenerativeModel(tf.Module):
   # Whether ``generate`` draws from a prior; a plain autoencoder has none (its output is its reconstructions).
   samples_from_prior = True
 
+  # ---- serving (launch/serving.py exports these as SavedModel signatures)
+
+  # Shape of one example's latent for ``from_latent`` (e.g. (latent_dim,)), or None: no latent-to-image signature.
+  latent_shape = None
+  # Whether ``from_latent`` also draws randomness of its own (StyleGAN2's noise images), so it takes a seed too.
+  latent_needs_seed = False
+
+  def serving_inputs(self):
+    """Per-example settings that the exported signatures take besides seed and label: {name: (dtype, default)}.
+
+    Each is a scalar per example (a [N] input of the signature), e.g. StyleGAN2's truncation or a diffusion
+    sampler's steps and guidance. The default is what ``launch.sample`` uses when the option is not given.
+    """
+    return {}
+
+  def serving_range(self, name):
+    """The values a serving input accepts: {"min": a, "max": b} (either may be missing), which ``launch.serve``
+    checks (a bad request gets an error) and the demo page offers. Default: no bounds."""
+    del name
+    return {}
+
+  def serve(self, rng, labels=None, ema=True, **inputs):
+    """``generate`` with the ``serving_inputs`` as scalar tensors (graph values, not Python numbers).
+
+    Called for one example at a time (a ``BatchRng`` of one row), so the image of seed s is the one
+    ``launch.sample --seed=s --num=1`` draws. Default: ``generate``, for models that take no serving inputs.
+    """
+    del inputs
+    return self.generate(rng, labels, ema=ema)
+
+  def from_latent(self, z, rng=None, labels=None, ema=True, **inputs):
+    """Images in [-1, 1] from latents ``z`` [b, *latent_shape]; ``rng`` when ``latent_needs_seed``."""
+    raise NotImplementedError(f"{type(self).__name__} has no latent-to-image map")
+
   def preview(self, images, labels, rng):
     """What the model shows in TensorBoard besides samples, computed from a fixed batch of training images.
 

@@ -225,5 +225,13 @@ class DCGAN(base.GenerativeModel):
   def generate(self, rng, labels=None, ema=True, **options):
     if options:
       raise UserError(f"DCGAN sampling takes no options, got {', '.join(options)}")
+    return self.from_latent(rng.normal([self.latent_dim], "sample/z"), labels=labels, ema=ema)
+
+  @property
+  def latent_shape(self):
+    return (self.latent_dim,)
+
+  def from_latent(self, z, rng=None, labels=None, ema=True, **inputs):
+    del rng, inputs
     net = self.generator_ema if ema else self.generator
-    return net(rng.normal([self.latent_dim], "sample/z"), labels if self.num_classes else None)
+    return net(z, labels if self.num_classes else None)

@@ -236,9 +236,16 @@ class VAE(base.GenerativeModel):
     return bounds.log_weights(self.log_px_given_z, x, mean, logvar, noise, labels)
 
   def generate(self, rng, labels=None, ema=True, **options):
-    del ema  # a VAE keeps no EMA copy
     self.check_sampling_options(**options)
-    return self.decode_mean(rng.normal([self.latent_dim], "sample/z"), labels if self.num_classes else None)
+    return self.from_latent(rng.normal([self.latent_dim], "sample/z"), labels=labels, ema=ema)
+
+  @property
+  def latent_shape(self):
+    return (self.latent_dim,)
+
+  def from_latent(self, z, rng=None, labels=None, ema=True, **inputs):
+    del rng, ema, inputs  # a VAE keeps no EMA copy
+    return self.decode_mean(z, labels if self.num_classes else None)
 
   def reconstruct(self, images, labels=None):
     mean, _ = self.posterior(images, labels)

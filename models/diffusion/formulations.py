@@ -49,6 +49,17 @@ def karras_sigmas(steps, sigma_min, sigma_max, rho=7.0):
   return np.append(levels, 0.0)
 
 
+def karras_sigmas_graph(steps, sigma_min, sigma_max, rho=7.0):
+  """``karras_sigmas`` for a step count that is a graph value (int32 scalar >= 1): float64 [steps + 1]."""
+  steps = tf.convert_to_tensor(steps, tf.int32)
+  inverse_rho = 1.0 / rho
+  top, bottom = sigma_max**inverse_rho, sigma_min**inverse_rho  # Python floats, as in karras_sigmas
+  ramp = tf.range(steps, dtype=tf.float64) / tf.cast(tf.maximum(steps - 1, 1), tf.float64)
+  levels = tf.pow(top + ramp * (bottom - top), rho)
+  levels = tf.where(tf.equal(steps, 1), tf.fill([steps], tf.constant(sigma_max, tf.float64)), levels)
+  return tf.concat([levels, tf.zeros([1], tf.float64)], axis=0)
+
+
 def _mean_over_pixels(x):
   return tf.reduce_mean(x, axis=list(range(1, len(x.shape))))
 
@@ -157,6 +168,8 @@ class DDPM:
 
   def prior_std(self, sigma):
     """Standard deviation of the sampler's starting point at level σ: x_T ~ N(0, I) is x = x_T / sqrt(ᾱ_T)."""
+    if isinstance(sigma, tf.Tensor):
+      return tf.sqrt(1.0 + tf.square(sigma))
     return math.sqrt(1.0 + sigma**2)
 
   def sampling_sigmas(self, sampler, steps, sigma_min, sigma_max, rho):
@@ -172,6 +185,18 @@ class DDPM:
       timesteps = np.round(np.linspace(0, self.num_timesteps - 1, steps)).astype(np.int64)[::-1]
       return np.append(self.sigmas[timesteps], 0.0)
     return karras_sigmas(steps, max(sigma_min, self.sigma_min), min(sigma_max, self.sigma_max), rho)
+
+  def sampling_sigmas_graph(self, sampler, steps, sigma_min, sigma_max, rho):
+    """``sampling_sigmas`` for a step count that is a graph value (int32 scalar in 1..T): float64 [steps + 1]."""
+    if sampler not in ("ddpm", "ddim"):
+      return karras_sigmas_graph(steps, max(sigma_min, self.sigma_min), min(sigma_max, self.sigma_max), rho)
+    steps = tf.convert_to_tensor(steps, tf.int32)
+    last = float(self.num_timesteps - 1)
+    # np.linspace(0, last, steps): i * (last / (steps - 1)), the last one exactly ``last``; then round half to even.
+    spaced = tf.range(steps, dtype=tf.float64) * (last / tf.cast(tf.maximum(steps - 1, 1), tf.float64))
+    spaced = tf.where(tf.logical_and(tf.equal(tf.range(steps), steps - 1), steps > 1), tf.constant(last, tf.float64), spaced)
+    timesteps = tf.reverse(tf.cast(tf.round(spaced), tf.int32), [0])
+    return tf.concat([tf.gather(tf.constant(self.sigmas, tf.float64), timesteps), tf.zeros([1], tf.float64)], 0)
 
 
 class EDM:
@@ -231,9 +256,14 @@ class EDM:
 
   def prior_std(self, sigma):
     """The sampler starts from N(0, σ_max² I) (Karras et al. 2022, Algorithm 1)."""
-    return float(sigma)
+    return sigma if isinstance(sigma, tf.Tensor) else float(sigma)
 
   def sampling_sigmas(self, sampler, steps, sigma_min, sigma_max, rho):
     """Every sampler steps through the EDM schedule (NumPy float64 [steps + 1], ending with 0)."""
     del sampler
     return karras_sigmas(steps, sigma_min, sigma_max, rho)
+
+  def sampling_sigmas_graph(self, sampler, steps, sigma_min, sigma_max, rho):
+    """``sampling_sigmas`` for a step count that is a graph value (int32 scalar >= 1): float64 [steps + 1]."""
+    del sampler
+    return karras_sigmas_graph(steps, sigma_min, sigma_max, rho)

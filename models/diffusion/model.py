@@ -242,14 +242,19 @@ class DiffusionModel(base.GenerativeModel):
         out = call(x, sigma, None)
       else:
         null = tf.fill(tf.shape(x)[:1], tf.constant(num_classes, tf.int32))
+        def guided():
+          both = call(tf.concat([x, x], 0), sigma, tf.concat([tf.cast(labels, tf.int32), null], 0))
+          conditional, unconditional = tf.split(both, 2, axis=0)
+          return samplers.classifier_free_guidance(conditional, unconditional, guidance)
+
         if labels is None:
           out = call(x, sigma, null)
+        elif isinstance(guidance, tf.Tensor):  # a graph value (an exported model's input): branch in the graph
+          out = tf.cond(tf.equal(guidance, 1.0), lambda: call(x, sigma, tf.cast(labels, tf.int32)), guided)
         elif guidance == 1.0:
           out = call(x, sigma, tf.cast(labels, tf.int32))
         else:
-          both = call(tf.concat([x, x], 0), sigma, tf.concat([tf.cast(labels, tf.int32), null], 0))
-          conditional, unconditional = tf.split(both, 2, axis=0)
-          out = samplers.classifier_free_guidance(conditional, unconditional, guidance)
+          out = guided()
       return tf.clip_by_value(out, -1.0, 1.0) if self.clip_denoised else out
 
     return denoise
@@ -261,13 +266,52 @@ class DiffusionModel(base.GenerativeModel):
     churn (euler, heun). Randomness: the start from stream "sample/start", step noise from "sample/noise".
     """
     settings = self.sampling_options(**options)
+    return self._sample(rng, labels, ema, settings, self._sigmas(settings, settings["steps"]), settings["guidance"])
+
+  def _sigmas(self, settings, steps):
+    m = self.config
+    schedule = self.formulation.sampling_sigmas_graph if isinstance(steps, tf.Tensor) else \
+        self.formulation.sampling_sigmas
+    return schedule(settings["sampler"], steps, float(m.sigma_min), float(m.sigma_max), float(m.rho))
+
+  def _sample(self, rng, labels, ema, settings, sigmas, guidance):
     m = self.config
     network = self.network_ema if ema else self.network
-    sigmas = self.formulation.sampling_sigmas(settings["sampler"], settings["steps"], float(m.sigma_min),
-                                              float(m.sigma_max), float(m.rho))
-    x = rng.normal(self.image_shape, "sample/start") * self.formulation.prior_std(float(sigmas[0]))
-    denoise = self.denoiser(network, labels if self.num_classes else None, settings["guidance"])
+    if isinstance(sigmas, tf.Tensor):
+      std = tf.cast(self.formulation.prior_std(sigmas[0]), tf.float32)
+    else:
+      std = self.formulation.prior_std(float(sigmas[0]))
+    x = rng.normal(self.image_shape, "sample/start") * std
+    denoise = self.denoiser(network, labels if self.num_classes else None, guidance)
     noise = samplers.step_noise(rng, self.image_shape, "sample/noise")
     x = samplers.run(settings["sampler"], denoise, x, sigmas, noise, eta=settings["eta"], churn=settings["churn"],
                      s_tmin=float(m.s_tmin), s_tmax=float(m.s_tmax), s_noise=float(m.s_noise))
     return tf.clip_by_value(x, -1.0, 1.0)
+
+  # ---- serving: the step count and the guidance are graph values; the sampler, η and churn the config's
+
+  def max_steps(self):
+    """The most sampler steps the formulation allows (DDPM/DDIM step on the T timesteps), or None."""
+    if self.config.sampler in ("ddpm", "ddim"):
+      return int(getattr(self.formulation, "num_timesteps", 0)) or None
+    return None
+
+  def serving_inputs(self):
+    settings = self.sampling_options()
+    inputs = {"steps": (tf.int32, settings["steps"])}
+    if self.num_classes:
+      inputs["guidance"] = (tf.float32, settings["guidance"])
+    return inputs
+
+  def serving_range(self, name):
+    if name == "steps":
+      return {"min": 1, **({"max": self.max_steps()} if self.max_steps() else {})}
+    return {"min": 0.0} if name == "guidance" else {}
+
+  def serve(self, rng, labels=None, ema=True, steps=None, guidance=None):
+    settings = self.sampling_options()
+    steps = settings["steps"] if steps is None else tf.maximum(tf.cast(steps, tf.int32), 1)
+    if isinstance(steps, tf.Tensor) and self.max_steps():
+      steps = tf.minimum(steps, self.max_steps())
+    guidance = settings["guidance"] if guidance is None else tf.cast(guidance, tf.float32)
+    return self._sample(rng, labels, ema, settings, self._sigmas(settings, steps), guidance)

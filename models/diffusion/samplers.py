@@ -4,7 +4,9 @@ Every sampler has the signature ``sampler(denoise, x, sigmas, noise, **settings)
   denoise(x, sigma): float32 image batch and a scalar float32 σ -> the denoised batch (a network, a guided
     network, or an analytic oracle in the tests);
   x: the starting batch at level sigmas[0] (float32);
-  sigmas: decreasing noise levels, a NumPy array ending with 0, fixed when the sampler is built;
+  sigmas: decreasing noise levels ending with 0: a NumPy array, fixed when the sampler is built, or a float64
+    tensor computed in the graph (an exported model takes its step count as an input); the per-step
+    coefficients are computed from either in float64 with the same operations, then cast to float32;
   noise(i): standard normal values shaped like x for step i (``step_noise`` draws them from a BatchRng).
 
 The step loop is a ``tf.while_loop`` over a static step count with per-step coefficients gathered from constant
@@ -62,23 +64,48 @@ def classifier_free_guidance(conditional, unconditional, guidance):
   return unconditional + guidance * (conditional - unconditional)
 
 
+def _in_graph(sigmas):
+  return isinstance(sigmas, (tf.Tensor, tf.Variable))
+
+
 def _check_sigmas(sigmas):
+  if _in_graph(sigmas):
+    return tf.cast(sigmas, tf.float64)  # built by the formulation's graph schedule, which keeps the invariants
   sigmas = np.asarray(sigmas, np.float64)
   if sigmas.ndim != 1 or len(sigmas) < 2 or np.any(np.diff(sigmas) >= 0) or sigmas[-2] <= 0 or sigmas[-1] < 0:
     raise ValueError(f"sigmas must decrease and be positive except the last, got {sigmas}")
   return sigmas
 
 
+class _GraphMath:
+  """The few NumPy functions the coefficient tables use, as TensorFlow ops (float64 in, float64 out)."""
+  sqrt = staticmethod(tf.sqrt)
+  minimum = staticmethod(tf.minimum)
+  maximum = staticmethod(tf.maximum)
+  where = staticmethod(tf.where)
+
+
+def _math(sigmas):
+  return _GraphMath if _in_graph(sigmas) else np
+
+
+def _steps(sigmas):
+  return tf.shape(sigmas)[0] - 1 if _in_graph(sigmas) else len(sigmas) - 1
+
+
 def _table(values):
+  if _in_graph(values):
+    return tf.cast(values, tf.float32)
   return tf.constant(np.asarray(values, np.float32))
 
 
 def _loop(step, x, count):
-  """x after ``step(i, x)`` for i = 0..count-1, as a while loop."""
-  if count <= 0:
+  """x after ``step(i, x)`` for i = 0..count-1, as a while loop (``count`` a Python int or an int32 tensor)."""
+  if not isinstance(count, tf.Tensor) and count <= 0:
     return x
+  bound = None if isinstance(count, tf.Tensor) else count
   _, x = tf.while_loop(lambda i, _: i < count, lambda i, x: (i + 1, step(i, x)), (tf.constant(0), x),
-                       maximum_iterations=count, parallel_iterations=1)
+                       maximum_iterations=bound, parallel_iterations=1)
   return x
 
 
@@ -89,16 +116,17 @@ def ddpm_ancestral(denoise, x, sigmas, noise):
   q(x_s | x_t, x0) = N(r x_t + (1 - r) x0, σ_s² (1 - r)) with r = σ_s² / σ_t². x0 is replaced by D(x_t, σ_t).
   """
   sigmas = _check_sigmas(sigmas)
+  xp = _math(sigmas)
   current, following = sigmas[:-1], sigmas[1:]
-  ratio = following**2 / current**2
-  current_t, ratio_t, std_t = _table(current), _table(ratio), _table(following * np.sqrt(1.0 - ratio))
+  ratio = (following * following) / (current * current)
+  current_t, ratio_t, std_t = _table(current), _table(ratio), _table(following * xp.sqrt(1.0 - ratio))
 
   def step(i, x):
     r = tf.gather(ratio_t, i)
     denoised = denoise(x, tf.gather(current_t, i))
     return r * x + (1.0 - r) * denoised + tf.gather(std_t, i) * noise(i)
 
-  return _loop(step, x, len(current))
+  return _loop(step, x, _steps(sigmas))
 
 
 def ddim(denoise, x, sigmas, noise, eta=0.0):
@@ -108,9 +136,10 @@ def ddim(denoise, x, sigmas, noise, eta=0.0):
   With η = 0 no noise is drawn after the start.
   """
   sigmas = _check_sigmas(sigmas)
+  xp = _math(sigmas)
   current, following = sigmas[:-1], sigmas[1:]
-  up = np.minimum(eta * following * np.sqrt(current**2 - following**2) / current, following)
-  down = np.sqrt(following**2 - up**2)
+  up = xp.minimum(eta * following * xp.sqrt(current * current - following * following) / current, following)
+  down = xp.sqrt(following * following - up * up)
   current_t, up_t, down_t = _table(current), _table(up), _table(down)
   stochastic = eta > 0
 
@@ -122,21 +151,25 @@ def ddim(denoise, x, sigmas, noise, eta=0.0):
       out += tf.gather(up_t, i) * noise(i)
     return out
 
-  return _loop(step, x, len(current))
+  return _loop(step, x, _steps(sigmas))
 
 
 def _churned(sigmas, churn, s_tmin, s_tmax):
   """EDM Algorithm 2: γ_i = min(S_churn / N, sqrt(2) - 1) for σ_i in [S_tmin, S_tmax], else 0; σ̂_i = σ_i (1 + γ_i)."""
+  xp = _math(sigmas)
   current = sigmas[:-1]
-  gamma = np.where((current >= s_tmin) & (current <= s_tmax), min(churn / len(current), math.sqrt(2.0) - 1), 0.0)
+  count = tf.cast(_steps(sigmas), tf.float64) if _in_graph(sigmas) else len(current)
+  gamma = xp.where((current >= s_tmin) & (current <= s_tmax), xp.minimum(churn / count, math.sqrt(2.0) - 1),
+                   0.0 * current)
   return current * (1.0 + gamma)
 
 
 def _edm_sampler(denoise, x, sigmas, noise, second_order, churn, s_tmin, s_tmax, s_noise):
   sigmas = _check_sigmas(sigmas)
-  count = len(sigmas) - 1
+  xp = _math(sigmas)
+  count = _steps(sigmas)
   raised = _churned(sigmas, churn, s_tmin, s_tmax)
-  added = s_noise * np.sqrt(np.maximum(raised**2 - sigmas[:-1]**2, 0.0))
+  added = s_noise * xp.sqrt(xp.maximum(raised * raised - sigmas[:-1] * sigmas[:-1], 0.0))
   raised_t, next_t, added_t = _table(raised), _table(sigmas[1:]), _table(added)
   stochastic = churn > 0
 
@@ -152,8 +185,10 @@ def _edm_sampler(denoise, x, sigmas, noise, second_order, churn, s_tmin, s_tmax,
     return x_next
 
   # Every step but the last ends at σ > 0; the last goes to σ = 0, where Heun falls back to Euler.
+  # (A schedule computed in the graph always ends at 0.)
   x = _loop(lambda i, x: step(i, x, second_order), x, count - 1)
-  return step(tf.constant(count - 1), x, second_order and sigmas[-1] > 0)
+  ends_above_zero = not _in_graph(sigmas) and sigmas[-1] > 0
+  return step(tf.convert_to_tensor(count - 1), x, second_order and ends_above_zero)
 
 
 def euler(denoise, x, sigmas, noise, churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0):

@@ -377,7 +377,15 @@ class ProgressiveGAN(base.GenerativeModel):
     """Images at the current level of detail, upsampled to the target resolution and clipped to [-1, 1]."""
     if options:
       raise UserError(f"Progressive GAN sampling takes no options, got {', '.join(options)}")
+    return self.from_latent(rng.normal([self.latent_dim], "sample/z"), labels=labels, ema=ema)
+
+  @property
+  def latent_shape(self):
+    return (self.latent_dim,)
+
+  @_plain_python
+  def from_latent(self, z, rng=None, labels=None, ema=True, **inputs):
+    del rng, inputs
     net = self.generator_ema if ema else self.generator
-    images = net(rng.normal([self.latent_dim], "sample/z"), labels if self.num_classes else None,
-                 tf.convert_to_tensor(self.lod))
+    images = net(z, labels if self.num_classes else None, tf.convert_to_tensor(self.lod))
     return tf.clip_by_value(images, -1.0, 1.0)

@@ -388,3 +388,26 @@ class StyleGAN2(base.GenerativeModel):
       ws = truncate(ws, self.w_avg, settings["truncation"])
     return tf.clip_by_value(net.synthesis(ws, noises), -1.0, 1.0)
 
+  # ---- serving: z in (drawn from the seed, or given), the noise images from the seed, ψ a graph value
+
+  @property
+  def latent_shape(self):
+    return (self.z_dim,)
+
+  latent_needs_seed = True
+
+  def serving_inputs(self):
+    return {"truncation": (tf.float32, 1.0)}
+
+  def serving_range(self, name):
+    return {"min": 0.0, "max": 2.0} if name == "truncation" else {}
+
+  def serve(self, rng, labels=None, ema=True, truncation=1.0):
+    return self.from_latent(rng.normal([self.z_dim], "sample/z"), rng, labels, ema=ema, truncation=truncation)
+
+  def from_latent(self, z, rng=None, labels=None, ema=True, truncation=1.0):
+    net = self.generator_ema if ema else self.generator
+    ws = self._broadcast(net.mapping(z, labels if self.num_classes else None))
+    ws = tf.where(tf.equal(truncation, 1.0), ws, truncate(ws, self.w_avg, truncation))  # ψ = 1 untouched, as above
+    return tf.clip_by_value(net.synthesis(ws, self.sample_noises(net, rng)), -1.0, 1.0)
+
