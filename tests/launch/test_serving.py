@@ -446,6 +446,20 @@ def test_the_export_command_with_tflite_and_a_bad_directory(exports, tmp_path):
   assert "holds no version directory" in empty.stderr
 
 
+@pytest.mark.parametrize("name", ["dcgan", "pggan"])
+def test_a_gan_generator_converts_to_tflite_and_draws_the_saved_model_images(exports, tmp_path, name):
+  run, path = exports[name]
+  exporter = serving.Exporter(run.model, (16, 16, 1))
+  assert serving.convert_tflite(exporter, str(tmp_path / "g.tflite")) > 0
+  runner = tf.lite.Interpreter(model_path=str(tmp_path / "g.tflite")).get_signature_runner()
+  saved = tf.saved_model.load(path).signatures["from_latent"]
+  for seed in (1, 2):
+    z = np.random.RandomState(seed).standard_normal([1, 16]).astype(np.float32)
+    lite, expected = runner(z=z)["images"], saved(z=tf.constant(z))["images"].numpy()
+    assert lite.shape == expected.shape == (1, 16, 16, 1) and lite.dtype == np.uint8
+    assert np.abs(lite.astype(int) - expected).max() <= 1, name
+
+
 @pytest.mark.parametrize("name", ["stylegan2", "edm"])
 def test_tflite_refuses_a_generator_that_needs_the_random_numbers(exports, tmp_path, name):
   run, _ = exports[name]
