@@ -26,6 +26,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from genscale.errors import UserError
 from launch import storage
 
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -173,7 +174,10 @@ class Store:
         warn(f"warning: checkpoint {path} failed to restore ({type(e).__name__}: {reason}); {following}; "
              "the bad checkpoint is left in place")
     if steps:
-      raise RuntimeError(f"none of the checkpoints in {self.directory} could be restored")
+      tried = ", ".join(f"ckpt-{step}" for step in steps)
+      raise UserError(f"none of the checkpoints in {self.directory} could be restored (tried {tried}; the "
+                      "warnings above say why); nothing was deleted: train in a new --workdir, or move that "
+                      "directory aside to start this run again from step 0")
     return None
 
   # ---- saving

@@ -74,9 +74,15 @@ def _shape_signature(config):
 
 
 def _read_config(workdir):
+  """The run's stored config. Raises UserError, touching nothing, when the file is not a config."""
   path = os.path.join(workdir, "config.json")
   with tf.io.gfile.GFile(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    text = f.read()
+  try:
+    return ml_collections.ConfigDict(json.loads(text))
+  except ValueError as e:
+    raise UserError(f"{path} is not valid JSON ({e}); the run's checkpoints are untouched: put back the config "
+                    "(TensorBoard's text tab has it as run/config), or train in a new --workdir") from None
 
 
 def check_resume_compatible(config, workdir):

@@ -49,6 +49,7 @@ class Runtime:
   worker_index: int = 0
   num_workers: int = 1
   xla_whole_step: bool = False
+  deterministic: bool = False  # TensorFlow's op determinism is on (runtime.deterministic)
 
   @property
   def num_replicas(self):
@@ -110,7 +111,7 @@ class Runtime:
   def describe(self):
     return (f"strategy={self.kind} replicas={self.num_replicas} workers={self.num_workers} "
             f"precision={self.precision} xla={self.xla}{' (whole step)' if self.xla_whole_step else ''} "
-            f"devices={','.join(self.devices)}")
+            f"devices={','.join(self.devices)}{' deterministic' if self.deterministic else ''}")
 
 
 def validate(config):
@@ -256,6 +257,11 @@ def create(config):
   # One precision policy for any Keras layer a model may use; our own layers take the compute dtype explicitly.
   import keras  # pylint: disable=g-import-not-at-top
   keras.mixed_precision.set_global_policy(config.precision)
+  deterministic = bool(config.get("deterministic", False))
+  if deterministic:
+    # For the whole process: GPU kernels with atomics (cuDNN's fastest convolutions, scatter-adds, bias gradients)
+    # get deterministic versions, and an op that has none raises instead of running.
+    tf.config.experimental.enable_op_determinism()
 
   devices = tuple(getattr(strategy.extended, "worker_devices", ()) or ())
   worker_index, num_workers = worker_of(strategy)
@@ -268,7 +274,8 @@ def create(config):
   return Runtime(strategy=strategy, kind=kind, precision=config.precision,
                  compute_dtype=PRECISIONS[config.precision], xla=bool(config.xla) or kind == "tpu",
                  steps_per_loop=int(config.steps_per_loop), devices=devices,
-                 worker_index=worker_index, num_workers=num_workers, xla_whole_step=whole_step)
+                 worker_index=worker_index, num_workers=num_workers, xla_whole_step=whole_step,
+                 deterministic=deterministic)
 
 
 def task_info():

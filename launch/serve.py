@@ -257,8 +257,18 @@ def main(argv):
     print(f"stopped after {server.requests} requests", flush=True)
 
 
+def _parse_flags(argv):
+  """absl's parsing with an error as one ``genscale: error:`` line and status 2, as the other commands do (this
+  module can't use ``genscale.cli``: it runs without the rest of the project)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"genscale: error: {str(e).rstrip('.')}; see python -m launch.serve --help\n")
+    sys.exit(2)
+
+
 def entry_point():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -249,8 +249,15 @@ class Trainer:
 
     The input-wait clock starts when the previous step has finished, and the step's counter and random key hang
     on the batch, so no work of the step runs before its batch arrives: the wait is idle time. The step's
-    share of it is logged as the ratio ``perf/input_wait_fraction`` (waiting / step time).
+    share of it is logged as the ratio ``perf/input_wait_fraction`` (waiting / step time). Not with
+    ``runtime.deterministic``: TensorFlow's op determinism refuses to read the clock in a graph.
     """
+    if self.runtime.deterministic:
+      with tf.control_dependencies([previous_step_done]):
+        batch = next(iterator)
+      with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
+        step = tf.identity(self.step)
+      return self._steps[diagnostics](batch, step)
     with tf.control_dependencies([previous_step_done]):
       start = tf.timestamp()
     with tf.control_dependencies([start]):

@@ -25,6 +25,7 @@ def runtime(**changes):
   r.steps_per_loop = 1  # training steps per compiled call
   r.tpu = "local"  # TPU name or grpc address; "local" on Colab and TPU VMs
   r.all_reduce = "auto"  # GPU all-reduce: auto (NCCL if present) | nccl | hierarchical_copy | ring
+  r.deterministic = False  # TensorFlow's op determinism: bitwise-repeatable steps on GPUs too, somewhat slower
   r.update(changes)
   return r
 

@@ -61,6 +61,22 @@ def test_a_resumed_run_is_bitwise_equal_to_an_unbroken_one(tmp_path):
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # weights, EMA, optimizer slots, counters
 
 
+def test_op_determinism_runs_and_learns_what_the_default_learns_on_a_cpu(tmp_path):
+  """runtime.deterministic turns on TensorFlow's op determinism for the process (so in a process of its own): the
+  step then runs without reading the clock in the graph, and on a CPU, whose kernels are deterministic already,
+  it learns the same weights bit for bit."""
+  plain, deterministic = str(tmp_path / "plain"), str(tmp_path / "deterministic")
+  _train_here(plain, steps=3, checkpoint_every=3, log_every=3)
+  result = run_module("launch.train", *TINY, f"--workdir={deterministic}", "--config.steps=3",
+                      "--config.checkpoint_every=3", "--config.log_every=3", "--config.runtime.deterministic=true")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert " deterministic, new run" in result.stdout and "input-wait" not in result.stdout
+  a, b = _variables(checkpoints.path_of(plain, 3)), _variables(checkpoints.path_of(deterministic, 3))
+  assert a.keys() == b.keys()
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def _wait_for(predicate, timeout, process):
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
@@ -237,6 +253,34 @@ def test_an_asynchronous_save_holds_the_values_of_the_moment_it_was_taken(tmp_pa
   store.close()
   restored = _variables(checkpoints.path_of(str(tmp_path), 1))["v/.ATTRIBUTES/VARIABLE_VALUE"]
   np.testing.assert_array_equal(restored, [1.0, 2.0, 3.0, 4.0])
+
+
+def test_no_restorable_checkpoint_is_one_error_that_names_them_and_deletes_nothing(tmp_path):
+  store, _, step, _ = _store(tmp_path, keep=3, milestone_every=0, asynchronous=False)
+  for s in (1, 2):
+    step.assign(s)
+    store.save(s)
+  store.close()
+  files = sorted(glob.glob(os.path.join(checkpoints.directory_of(str(tmp_path)), "*")))
+  for data in glob.glob(os.path.join(checkpoints.directory_of(str(tmp_path)), "*.data-*")):
+    with open(data, "r+b") as f:
+      f.truncate(3)
+  warnings = []
+  with pytest.raises(UserError, match=r"none of the checkpoints in .* could be restored \(tried ckpt-2, ckpt-1;.*"
+                                      r"nothing was deleted: train in a new --workdir, or move that directory aside"):
+    store.restore_latest(warn=warnings.append)
+  assert len(warnings) == 2 and sorted(glob.glob(os.path.join(checkpoints.directory_of(str(tmp_path)), "*"))) == files
+
+
+def test_a_corrupt_config_file_is_one_error_and_stays_as_it_was(tmp_path):
+  from launch import rundir  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"model": {"name": "dcg')
+  with pytest.raises(UserError, match=r"config.json is not valid JSON .*the run's checkpoints are untouched: put "
+                                      r"back the config \(TensorBoard's text tab has it as run/config\)"):
+    rundir.read_run(str(workdir))
+  assert (workdir / "config.json").read_text() == '{"model": {"name": "dcg'
 
 
 def test_runs_list_reports_step_time_and_status(tmp_path, capsys):

@@ -444,6 +444,8 @@ def test_the_export_command_with_tflite_and_a_bad_directory(exports, tmp_path):
   empty = run_module("launch.serve", f"--model_dir={tmp_path}", "--port=0")
   assert empty.returncode == 2 and len(error_lines(empty.stderr)) == 1
   assert "holds no version directory" in empty.stderr
+  missing = run_module("launch.serve", "--port=0")
+  assert missing.returncode == 2 and len(error_lines(missing.stderr)) == 1 and "--model_dir" in missing.stderr
 
 
 @pytest.mark.parametrize("name", ["dcgan", "pggan"])
