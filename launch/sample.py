@@ -2,7 +2,12 @@
 
 Uses the newest checkpoint (or ``--checkpoint``) and the EMA weights (``--noema`` for the raw generator). The
 output is a PNG grid when ``--out`` ends in ``.png``, or a NumPy ``.npz`` with ``images`` (uint8 NHWC) and, for
-conditional models, ``labels``, which outside scorers can read.
+conditional models, ``labels``, also stored as ``arr_0`` and ``arr_1`` (the names outside scorers such as the
+ADM evaluator read).
+
+``--num=N --seed=S`` draws N images in batches from S. ``--seeds=0-63`` draws each seed's image alone: seed s
+gives the same image whatever the batch size and the other seeds (the image of ``--seed=s --num=1``, and of an
+exported model's seed s). ``--outdir=DIR --seeds=...`` writes one PNG per seed, ``DIR/seed0005.png``.
 """
 
 import os
@@ -18,6 +23,8 @@ flags.DEFINE_integer("num", 64, "Number of images.")
 flags.DEFINE_string("out", None, "Output file: .png (grid) or .npz (raw uint8 samples).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint path or step number; default the newest.")
 flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same images.")
+flags.DEFINE_string("seeds", None, "One image per seed, e.g. 0-63 or 1,5,9: each the image of --seed=s --num=1.")
+flags.DEFINE_string("outdir", None, "With --seeds: write one PNG per seed here (seed0005.png), instead of --out.")
 flags.DEFINE_integer("label", None, "Class of every sample (conditional models); default cycles through classes.")
 flags.DEFINE_bool("ema", True, "Use the EMA generator weights.")
 flags.DEFINE_integer("batch_size", 64, "Images per compiled call (rounded up to a multiple of the replicas).")
@@ -35,7 +42,7 @@ flags.DEFINE_float("truncation", None, "Truncation psi against the average w (St
 flags.DEFINE_integer("mix_seed", None, "Style mixing: take the styles from this seed after --mix_layer (StyleGAN2).")
 flags.DEFINE_integer("mix_layer", None, "Style mixing: first layer that takes the styles of --mix_seed.")
 flags.DEFINE_integer("interpolate", None, "Latent interpolation: frames between consecutive seeds (StyleGAN2).")
-flags.mark_flags_as_required(["workdir", "out"])
+flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
@@ -48,54 +55,87 @@ def sample_options():
   return {name: FLAGS[name].value for name in _OPTION_FLAGS if FLAGS[name].value is not None}
 
 
-def main(argv):
-  del argv
+def _check_outputs(seeds):
+  """The output flags, checked before anything is loaded. Raises UserError."""
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+  if (FLAGS.out is None) == (FLAGS.outdir is None):
+    raise UserError("give --out=FILE (.png grid or .npz) or, with --seeds, --outdir=DIR (one PNG per seed)")
+  if FLAGS.outdir is not None and seeds is None:
+    raise UserError("--outdir writes one PNG per seed: give the seeds too, e.g. --seeds=0-63")
+  if FLAGS.out is not None and not FLAGS.out.endswith((".png", ".npz")):
+    raise UserError(f"--out={FLAGS.out} must end in .png (a grid) or .npz (raw samples)")
+  if seeds is not None:
+    for name in ("num", "seed", "interpolate"):
+      if FLAGS[name].present:
+        raise UserError(f"--seeds draws each seed's image alone; drop --{name} (it belongs to batch sampling)")
+  if FLAGS.num < 1:
+    raise UserError(f"--num={FLAGS.num} must be at least 1")
+
+
+def _labels(count, num_classes):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+  from launch.sampling import grid_labels  # pylint: disable=g-import-not-at-top
+  if FLAGS.label is None:
+    return grid_labels(count, num_classes)
+  if not num_classes:
+    raise UserError("--label needs a class-conditional run; this one is unconditional")
+  if not 0 <= FLAGS.label < num_classes:
+    raise UserError(f"--label={FLAGS.label} is out of range: the run has {num_classes} classes")
+  return np.full([count], FLAGS.label, np.int32)
+
+
+def _write(images, labels, num_classes):
+  import io  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from genscale import images as image_lib  # pylint: disable=g-import-not-at-top
-  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
-  from genscale.progress import Progress  # pylint: disable=g-import-not-at-top
-  from launch import rundir  # pylint: disable=g-import-not-at-top
-  from launch.sampling import Sampler, grid_labels  # pylint: disable=g-import-not-at-top
-
-  if not FLAGS.out.endswith((".png", ".npz")):
-    raise UserError(f"--out={FLAGS.out} must end in .png (a grid) or .npz (raw samples)")
-  if FLAGS.num < 1:
-    raise UserError(f"--num={FLAGS.num} must be at least 1")
-  run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy=FLAGS.strategy, precision=FLAGS.precision,
-                        xla=FLAGS.xla)
-  runtime, model, path = run.runtime, run.model, run.checkpoint
-
-  num_classes = getattr(model, "num_classes", 0)
-  if FLAGS.label is not None:
-    if not num_classes:
-      raise UserError("--label needs a class-conditional run; this one is unconditional")
-    if not 0 <= FLAGS.label < num_classes:
-      raise UserError(f"--label={FLAGS.label} is out of range: the run has {num_classes} classes")
-    labels = np.full([FLAGS.num], FLAGS.label, np.int32)
-  else:
-    labels = grid_labels(FLAGS.num, num_classes)
-  sampler = Sampler(runtime, model, min(FLAGS.batch_size, FLAGS.num), ema=FLAGS.ema, **sample_options())
-  progress = Progress(FLAGS.num, "sample", unit="img")
-  images = image_lib.to_uint8(sampler.generate(FLAGS.seed, FLAGS.num, labels, progress=progress))
-  progress.close()
-
   directory = os.path.dirname(FLAGS.out)
   if directory:
     tf.io.gfile.makedirs(directory)
   if FLAGS.out.endswith(".png"):
     columns = FLAGS.columns or (num_classes if num_classes and FLAGS.label is None else None)
     image_lib.write_png(FLAGS.out, image_lib.grid(images, columns))
+    return
+  arrays = {"images": images, "arr_0": images}
+  if num_classes:
+    arrays.update(labels=labels, arr_1=labels)
+  buffer = io.BytesIO()  # np.savez seeks; GFile (gs://) can't seek while writing
+  np.savez(buffer, **arrays)
+  with tf.io.gfile.GFile(FLAGS.out, "wb") as f:
+    f.write(buffer.getvalue())
+
+
+def main(argv):
+  del argv
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from genscale import images as image_lib  # pylint: disable=g-import-not-at-top
+  from genscale.progress import Progress  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
+  from launch.sampling import Sampler, parse_seeds  # pylint: disable=g-import-not-at-top
+
+  seeds = None if FLAGS.seeds is None else parse_seeds(FLAGS.seeds)
+  _check_outputs(seeds)
+  run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy=FLAGS.strategy, precision=FLAGS.precision,
+                        xla=FLAGS.xla)
+  num_classes = getattr(run.model, "num_classes", 0)
+  count = FLAGS.num if seeds is None else len(seeds)
+  labels = _labels(count, num_classes)
+  sampler = Sampler(run.runtime, run.model, min(FLAGS.batch_size, count), ema=FLAGS.ema, **sample_options())
+  progress = Progress(count, "sample", unit="img")
+  if seeds is None:
+    images = image_lib.to_uint8(sampler.generate(FLAGS.seed, count, labels, progress=progress))
   else:
-    arrays = {"images": images}
-    if num_classes:
-      arrays["labels"] = labels
-    import io  # pylint: disable=g-import-not-at-top
-    buffer = io.BytesIO()  # np.savez seeks; GFile (gs://) can't seek while writing
-    np.savez(buffer, **arrays)
-    with tf.io.gfile.GFile(FLAGS.out, "wb") as f:
-      f.write(buffer.getvalue())
-  print(f"wrote {FLAGS.num} samples from {path} to {FLAGS.out}")
+    images = image_lib.to_uint8(sampler.for_seeds(seeds, labels, progress=progress))
+  progress.close()
+  if FLAGS.outdir is not None:
+    tf.io.gfile.makedirs(FLAGS.outdir)
+    for seed, image in zip(seeds, images):
+      image_lib.write_png(os.path.join(FLAGS.outdir, f"seed{seed:04d}.png"), image)
+    print(f"wrote {count} images from {run.checkpoint} to {FLAGS.outdir}/seedNNNN.png")
+    return
+  _write(images, labels, num_classes)
+  print(f"wrote {count} samples from {run.checkpoint} to {FLAGS.out}")
 
 
 def entry_point():

@@ -48,6 +48,48 @@ class Sampler:
       return runtime.strategy.gather(images, axis=0)
 
     self._call = call
+    self._seed_call = None
+    self._options, self._ema = options, ema
+
+  def _per_seed_call(self):
+    """The compiled call of ``for_seeds``: each replica maps over its rows, one example at a time."""
+    runtime, model = self.runtime, self.model
+
+    def one(args):
+      key, label = args
+      rng = BatchRng(tf.stack([key, tf.constant(0, tf.int64)]), 0, 1, 1)
+      return tf.cast(model.generate(rng, label[None], ema=self._ema, **self._options)[0], tf.float32)
+
+    rows = runtime.compile(lambda keys, labels: tf.map_fn(one, (keys, labels), fn_output_signature=tf.float32))
+
+    def replica_fn(keys, labels):
+      replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+      start = [replica_id * self.per_replica]
+      return rows(tf.slice(keys, start, [self.per_replica]), tf.slice(labels, start, [self.per_replica]))
+
+    @tf.function
+    def call(keys, labels):
+      return runtime.strategy.gather(runtime.strategy.run(replica_fn, args=(keys, labels)), axis=0)
+
+    return call
+
+  def for_seeds(self, seeds, labels=None, progress=None):
+    """One image per seed, each drawn alone from the key (seed, 0): the image of seed s is the one of
+    ``generate(s, 1)`` at a batch of one (and of an exported model's seed s), whatever the batch size here and
+    whichever seeds come with it. Returns numpy float32 [len(seeds), H, W, C]."""
+    if self._seed_call is None:
+      self._seed_call = self._per_seed_call()
+    seeds = np.asarray(seeds, np.int64)
+    labels = np.zeros_like(seeds, np.int32) if labels is None else np.asarray(labels, np.int32)
+    out = []
+    for start in range(0, len(seeds), self.batch_size):
+      keys, chunk = seeds[start:start + self.batch_size], labels[start:start + self.batch_size]
+      count, pad = len(keys), self.batch_size - len(keys)  # the last call is filled up with its last seed
+      keys, chunk = np.pad(keys, (0, pad), mode="edge"), np.pad(chunk, (0, pad), mode="edge")
+      out.append(self._seed_call(tf.constant(keys), tf.constant(chunk)).numpy()[:count])
+      if progress is not None:
+        progress.update(done=start + count)
+    return np.concatenate(out)
 
   def batch(self, rng_key, labels=None):
     """One batch of float32 images in [-1, 1] as numpy [batch_size, H, W, C]."""
@@ -67,6 +109,25 @@ class Sampler:
       if progress is not None:
         progress.update(done=min((i + 1) * self.batch_size, count))
     return np.concatenate(out)[:count]
+
+
+def parse_seeds(text):
+  """Seeds from ``0-63``, ``1,5,9`` or ``0-9,20`` (ranges include both ends), in that order. Raises UserError."""
+  seeds = []
+  for part in str(text).split(","):
+    part = part.strip()
+    low, dash, high = part.partition("-")
+    try:
+      first, last = (int(low), int(high)) if dash else (int(part), int(part))
+    except ValueError:
+      raise UserError(f"--seeds={text}: give seeds as ranges and lists of non-negative integers, e.g. 0-63 or "
+                      "1,5,9") from None
+    if first < 0 or last < first:
+      raise UserError(f"--seeds={text}: {part} is not a range of non-negative seeds (low-high, low <= high)")
+    seeds.extend(range(first, last + 1))
+  if len(seeds) > 1_000_000:
+    raise UserError(f"--seeds={text} asks for {len(seeds)} images; split it into smaller runs")
+  return seeds
 
 
 def grid_labels(count, num_classes):

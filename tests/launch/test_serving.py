@@ -248,6 +248,26 @@ def test_an_existing_version_is_refused_and_kept(exports, tmp_path):
   assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".")]  # no staging left behind
 
 
+@pytest.mark.parametrize("name, settings", [("dcgan", {}), ("edm", {"steps": 2, "guidance": 2.0})])
+def test_sampling_by_seeds_draws_the_served_images_at_any_batch_size(exports, name, settings):
+  """``launch.sample --seeds``: each seed's image alone, the same in a batch of 2 or 3 as at a batch of one."""
+  run, _ = exports[name]
+  seeds, labels = [7, 1, 2, 40, 5], np.array([3, 3, 0, 9, 1], np.int32)
+  alone = Sampler(run.runtime, run.model, 1, **settings)
+  expected = np.stack([alone.generate(s, 1, labels[i:i + 1])[0] for i, s in enumerate(seeds)])
+  for batch in (2, 3):
+    got = Sampler(run.runtime, run.model, batch, **settings).for_seeds(seeds, labels)
+    np.testing.assert_array_equal(got, expected, err_msg=f"{name} batch {batch}")
+
+
+def test_seed_lists_parse_and_bad_ones_are_refused():
+  from launch.sampling import parse_seeds  # pylint: disable=g-import-not-at-top
+  assert parse_seeds("0-3,9,5-5") == [0, 1, 2, 3, 9, 5]
+  for bad, message in (("a-b", "e.g. 0-63"), ("5-2", "not a range"), ("-3", "e.g. 0-63"), ("1,,2", "e.g. 0-63")):
+    with pytest.raises(UserError, match=message):
+      parse_seeds(bad)
+
+
 # ---- the server
 
 

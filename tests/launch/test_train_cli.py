@@ -85,11 +85,18 @@ def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   images = np.load(npz)["images"]
   assert images.shape == (10, 32, 32, 1) and images.dtype == np.uint8
+  np.testing.assert_array_equal(np.load(npz)["arr_0"], images)  # the key outside evaluators read
   # The same seed and batch give the same images, in a grid or raw. (Not across batch sizes: DCGAN's generator
   # normalises with the statistics of the batch it generates.)
   grid = np.asarray(Image.open(png))
   cell = grid[1:33, 1:33].reshape(32, 32, -1)[..., :1]
   np.testing.assert_array_equal(cell, images[0])  # the first cell of the grid is the first sample
+  outdir = tmp_path / "seeds"
+  result = run_module("launch.sample", f"--workdir={workdir}", "--seeds=12,3-4", f"--outdir={outdir}",
+                      "--batch_size=2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(os.listdir(outdir)) == ["seed0003.png", "seed0004.png", "seed0012.png"]
+  assert np.asarray(Image.open(outdir / "seed0012.png")).shape[:2] == (32, 32)
 
 
 
