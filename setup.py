@@ -60,7 +60,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    python_requires=">=3.11",  # the one version CI installs and tests (Keras 3 and TF 2.21 need 3.10+)
     packages=find_packages(include=["genscale", "genscale.*", "launch", "launch.*", "models", "models.*",
                                     "pipelines", "pipelines.*", "evaluation", "evaluation.*"]),
     package_data={"launch": ["templates/*", "colab_tpu.ipynb"], "evaluation": ["weights/mnist_classifier.npz"]},
@@ -77,6 +77,9 @@ setup(
             "genscale-tokens=launch.tokens:entry_point",
             "genscale-export=launch.export:entry_point",
             "genscale-serve=launch.serve:entry_point",
+            "genscale-devices=launch.devices:entry_point",
+            "genscale-multiworker=launch.multiworker:entry_point",
+            "genscale-cluster=launch.cluster:entry_point",
         ],
     },
 )

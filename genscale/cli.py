@@ -97,11 +97,42 @@ def _flag_error(error, argv, flag_values):
   return text[len("flag "):] if text.startswith("flag ") else text
 
 
+# The config files beside this package (in a checkout and in an installed wheel alike): launch/configs/.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "configs")
+
+
+def resolve_config_path(path):
+  """Where ``--config=path`` points: the path itself when it exists; else, for a bare family name (``dcgan``) or a
+  path given relative to the project (``launch/configs/dcgan.py``), that file of the installed package, so the
+  commands work from any directory."""
+  if os.path.exists(path):
+    return path
+  name = os.path.basename(path)
+  name = name if name.endswith(".py") else name + ".py"
+  candidate = os.path.join(CONFIG_DIR, name)
+  if (os.sep not in path or path.replace(os.sep, "/").startswith("launch/configs/")) and os.path.exists(candidate):
+    return candidate
+  return path
+
+
+def _resolved_argv(argv):
+  out = list(argv[:1])
+  for arg in argv[1:]:
+    if arg.startswith("--config=") and not arg.startswith("--config.="):
+      path, colon, variant = arg[len("--config="):].partition(":")
+      arg = f"--config={resolve_config_path(path)}{colon}{variant}"
+    out.append(arg)
+  return out
+
+
 def parse_flags(argv, flag_values=None):
   """absl's flag parsing (of ``flag_values``, default absl's global flags), with every error as one
-  ``genscale: error:`` line and exit status 2. Returns the arguments that are not flags."""
+  ``genscale: error:`` line and exit status 2. Returns the arguments that are not flags.
+
+  ``--config=dcgan:cpu`` is short for ``--config=launch/configs/dcgan.py:cpu`` (``resolve_config_path``)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS if flag_values is None else flag_values
+  argv = _resolved_argv(argv)
   try:
     remaining = flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except

@@ -32,5 +32,9 @@ def main(argv):
         "compiled call")
 
 
-if __name__ == "__main__":
+def entry_point():
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

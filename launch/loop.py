@@ -34,6 +34,8 @@ def train(config, workdir, break_lock=False):
   """
   config = rundir.prepare_config(config)
   total = int(config.steps)
+  if runtime_lib.chief_task():
+    storage.preflight(workdir)  # before anything is read or built; only the chief writes to the workdir
   rundir.check_resume_compatible(config, workdir)
   done = checkpoints.committed_steps(workdir)
   if done and done[0] >= total:
@@ -41,8 +43,6 @@ def train(config, workdir, break_lock=False):
     return {}
   source = pipelines.open_source(config.data, config.get("input"))
   runtime = runtime_lib.create(config.runtime)
-  if runtime.is_chief:
-    storage.preflight(workdir)  # before anything is built; only the chief writes to the workdir
   holds_lock = lock_lib.WorkdirLock(workdir, break_stale=break_lock) if runtime.is_chief else contextlib.nullcontext()
   with holds_lock, StopSignals() as signals:
     return _train(config, workdir, runtime, source, signals)

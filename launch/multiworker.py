@@ -140,5 +140,9 @@ def main(argv):
   sys.exit(status)
 
 
-if __name__ == "__main__":
+def entry_point():
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

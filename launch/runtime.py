@@ -278,6 +278,19 @@ def create(config):
                  deterministic=deterministic)
 
 
+def chief_task():
+  """Whether this process is the chief of its cluster, from TF_CONFIG alone (before any strategy exists): the
+  "chief" task, or worker 0 of a cluster without one, or a process without TF_CONFIG. Agrees with ``worker_of``."""
+  raw = os.environ.get("TF_CONFIG")
+  if not raw:
+    return True
+  parsed = json.loads(raw)
+  task = parsed.get("task", {})
+  if "chief" in parsed.get("cluster", {}):
+    return task.get("type") == "chief"
+  return task.get("type") in (None, "worker") and int(task.get("index", 0)) == 0
+
+
 def task_info():
   """(task type, task id) from TF_CONFIG, or (None, None) when it isn't set."""
   raw = os.environ.get("TF_CONFIG")

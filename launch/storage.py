@@ -36,7 +36,18 @@ def client():
       _CLIENT.append(storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"),
                                     credentials=AnonymousCredentials()))
     else:
-      _CLIENT.append(storage.Client())
+      import google.auth  # pylint: disable=g-import-not-at-top
+      from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
+      try:
+        credentials, project = google.auth.default()
+      except auth_exceptions.DefaultCredentialsError:
+        raise UserError("no Google Cloud credentials for gs:// paths: run gcloud auth application-default login "
+                        "(on Colab: from google.colab import auth; auth.authenticate_user()), or point "
+                        "GOOGLE_APPLICATION_CREDENTIALS at a service-account key") from None
+      # Bucket and object calls name their bucket; only listing or creating buckets needs a project, and user
+      # credentials often carry none (Colab after authenticate_user): don't require one.
+      project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or "no-project-needed"
+      _CLIENT.append(storage.Client(project=project, credentials=credentials))
   return _CLIENT[0]
 
 

@@ -57,3 +57,19 @@ def test_good_flags_parse_with_their_overrides(capsys):
   status, lines, parsed = _parse(capsys, GOOD, "--config.model.lr=0.5", "--config.steps=7", "--workdir=w")
   assert status is None and not lines
   assert parsed.config.model.lr == 0.5 and parsed.config.steps == 7 and parsed.workdir == "w"
+
+
+def test_a_family_name_or_a_project_path_finds_the_packaged_config_from_any_directory(capsys, tmp_path,
+                                                                                      monkeypatch):
+  monkeypatch.chdir(tmp_path)  # not the repository: the user runs an installed command elsewhere
+  packaged = os.path.join(ROOT, "launch", "configs", "dcgan.py")
+  assert cli.resolve_config_path("dcgan") == packaged
+  assert cli.resolve_config_path("launch/configs/dcgan.py") == packaged
+  assert cli.resolve_config_path("nope") == "nope" and cli.resolve_config_path("x/dcgan.py") == "x/dcgan.py"
+  (tmp_path / "dcgan.py").write_text("")  # a file of the user's own with that name wins
+  assert cli.resolve_config_path("dcgan.py") == "dcgan.py"
+  flag_values = flags.FlagValues()
+  argv = ["train", "--config=dcgan:cpu", "--config.steps=7"]
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+  cli.parse_flags(argv, flag_values)
+  assert flag_values.config.model.name == "dcgan" and flag_values.config.steps == 7

@@ -160,3 +160,67 @@ def test_racing_creators_on_gcs_one_wins(rig):
       thread.join(timeout=60)
     assert sorted(won) == [False] * 5 + [True], won
     storage.blob(f"{workdir}/lock.json").delete()
+
+
+@pytest.fixture
+def no_emulator(monkeypatch):
+  """The real client path (no STORAGE_EMULATOR_HOST), with the cached client cleared before and after."""
+  monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+  monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+  monkeypatch.setattr(storage, "_CLIENT", [])
+
+
+def test_missing_credentials_are_one_line_that_says_how_to_log_in(no_emulator, monkeypatch):
+  import google.auth  # pylint: disable=g-import-not-at-top
+  from google.auth import exceptions  # pylint: disable=g-import-not-at-top
+
+  def no_credentials(*args, **kwargs):
+    raise exceptions.DefaultCredentialsError("Your default credentials were not found.")
+
+  monkeypatch.setattr(google.auth, "default", no_credentials)
+  with pytest.raises(UserError, match="no Google Cloud credentials for gs:// paths: run gcloud auth "
+                                      "application-default login .*authenticate_user"):
+    storage.preflight("gs://some-bucket/run")
+
+
+def test_credentials_without_a_project_still_make_a_client(no_emulator, monkeypatch):
+  """User credentials on Colab carry no project; bucket and object calls don't need one."""
+  import google.auth  # pylint: disable=g-import-not-at-top
+  from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(google.auth, "default", lambda *args, **kwargs: (AnonymousCredentials(), None))
+  client = storage.client()
+  assert client.project == "no-project-needed"
+  assert isinstance(client._credentials, AnonymousCredentials)  # pylint: disable=protected-access
+
+
+def test_the_workdir_is_checked_before_the_data_and_the_runtime(monkeypatch, tiny_dcgan):
+  """A bad gs:// workdir must fail before the data source opens and the runtime starts (TPU initialisation and
+  worker rendezvous take minutes)."""
+  from launch import loop  # pylint: disable=g-import-not-at-top
+  built = []
+
+  def refuse(workdir):
+    raise UserError(f"checked {workdir}")
+
+  monkeypatch.setattr(storage, "preflight", refuse)
+  monkeypatch.setattr(loop.pipelines, "open_source", lambda *args, **kwargs: built.append("data"))
+  monkeypatch.setattr(loop.runtime_lib, "create", lambda *args, **kwargs: built.append("runtime"))
+  with pytest.raises(UserError, match="checked gs://bucket/run"):
+    loop.train(tiny_dcgan, "gs://bucket/run")
+  assert not built
+
+
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, True),
+])
+def test_the_chief_is_known_from_tf_config_before_any_strategy(monkeypatch, tf_config, chief):
+  from launch import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  if tf_config is None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+  else:
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+  assert runtime_lib.chief_task() is chief

@@ -100,6 +100,15 @@ def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
 
 
 
+def test_dry_run_prints_the_resolved_config_and_the_variants_and_trains_nothing(tmp_path):
+  result = run_module("launch.train", "--config=dcgan:cpu", "--dry_run", "--config.steps=7")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '"steps": 7' in result.stdout and '"name": "dcgan"' in result.stdout
+  assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("variant ")] == [
+      "variant cpu", "variant gpu", "variant tpu"]
+  assert "genscale: dcgan on" not in result.stdout  # nothing was built
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"batch_size": 3, "runtime.cpu_replicas": 2}, "--config.batch_size 3 is not divisible by 2 replicas"),
     ({"model.name": "stylegan9"}, "unknown --config.model.name='stylegan9'"),
