@@ -173,6 +173,36 @@ def restore_model(model, path, config, workdir):
                     f"describes ({reason}); was it written by another version of the code?") from e
 
 
+def init_from(model, config, source):
+  """Sets the networks of a new run's ``model`` (its tf.Module attributes: networks and EMA copies) from
+  ``source``, another run's workdir (its newest checkpoint) or a checkpoint path; returns the checkpoint's path.
+  The optimizers and model state variables are left as built. Raises UserError when the source's networks
+  don't fit this config."""
+  source = str(source)
+  if tf.io.gfile.exists(os.path.join(source, "config.json")):
+    other, _ = read_run(source)
+    old, new = _shape_signature(other), _shape_signature(config)
+    changed = [f"{k}: {old.get(k)!r} there, {new[k]!r} here" for k in new if old.get(k) != new[k]]
+    require(not changed, f"--config.init_from={source} holds networks of another shape ({'; '.join(changed)}); "
+            "start from a run with the same settings")
+    path = checkpoint_path(source)
+  else:
+    require(tf.io.gfile.exists(source + ".index"), f"--config.init_from={source} is neither a run directory "
+            "(with config.json) nor a checkpoint (a path whose .index file exists)")
+    path = source
+  networks = tf.Module()
+  for name, value in sorted(vars(model).items()):
+    if isinstance(value, tf.Module) and not name.startswith("_"):
+      setattr(networks, name, value)
+  try:
+    tf.train.Checkpoint(model=networks).read(path).expect_partial().assert_existing_objects_matched()
+  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+    reason = str(getattr(e, "message", None) or e).strip().splitlines()[0][:300]
+    raise UserError(f"--config.init_from={source}: {path} doesn't fit this {config.model.name} model "
+                    f"({reason})") from None
+  return path
+
+
 def load_run(workdir, checkpoint=None, **runtime_options):
   """Loads a trained run: its config, a runtime (``runtime_for`` keywords), its model and a checkpoint (default:
   the newest). Raises UserError with what to change."""

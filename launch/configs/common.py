@@ -58,6 +58,10 @@ def base():
   c.steps = 1000  # total training steps (one global batch each)
   c.batch_size = 64  # global batch, split evenly over replicas
   c.seed = 0  # initial weights, data order and every random draw derive from it
+  # Fine-tuning: a new run starts its networks (and their EMA copies) from another run's workdir or checkpoint;
+  # the optimizer, the counters and model state (ADA's p, lod, w_avg) start fresh. Ignored once the run has a
+  # checkpoint of its own.
+  c.init_from = ml_collections.config_dict.placeholder(str)
   c.ema_halflife_kimg = 10.0  # half-life of the generator EMA, in thousands of images
   c.ema_rampup = 0.05  # the half-life is at most this fraction of the images seen so far (None: off)
   c.log_every = 100  # steps between log lines and TensorBoard scalars

@@ -77,6 +77,35 @@ def test_op_determinism_runs_and_learns_what_the_default_learns_on_a_cpu(tmp_pat
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def test_a_new_run_starts_from_another_runs_networks_with_fresh_counters(tmp_path):
+  source, tuned = str(tmp_path / "source"), str(tmp_path / "tuned")
+  _train_here(source, steps=3, checkpoint_every=3, log_every=3)
+  # A learning rate of 0 keeps the trained weights through the tuned run's one step.
+  out = _train_here(tuned, steps=1, checkpoint_every=1, log_every=1, init_from=source, **{"model.lr": 0.0})
+  assert f"networks from {checkpoints.path_of(source, 3)}" in out and "new run" in out
+  a, b = _variables(checkpoints.path_of(source, 3)), _variables(checkpoints.path_of(tuned, 1))
+  weights = [n for n in a if n.startswith(("model/generator/", "model/discriminator/"))]
+  assert len(weights) > 10
+  for name in weights:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  assert a["step/.ATTRIBUTES/VARIABLE_VALUE"] == 3 and b["step/.ATTRIBUTES/VARIABLE_VALUE"] == 1
+  iterations = [n for n in b if n.startswith("model/optimizers/") and "iteration" in n]
+  assert iterations and all(b[n] == 1 for n in iterations)  # the optimizers started again
+  # Resuming the tuned run uses its own checkpoint; init_from no longer applies.
+  assert "networks from" not in _train_here(tuned, steps=2, init_from=source, **{"model.lr": 0.0})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model.g_width": 16}, r"holds networks of another shape \(model.g_width: 8 there, 16 here\)"),
+    ({"init_from": "/no/such/run"}, "is neither a run directory .* nor a checkpoint"),
+])
+def test_init_from_a_run_that_does_not_fit_is_one_error(tmp_path, changes, message):
+  source = str(tmp_path / "source")
+  _train_here(source, steps=1, checkpoint_every=1, log_every=1)
+  with pytest.raises(UserError, match=message):
+    _train_here(str(tmp_path / "tuned"), steps=1, **{"init_from": source, **changes})
+
+
 def _wait_for(predicate, timeout, process):
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
