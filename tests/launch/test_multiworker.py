@@ -252,3 +252,25 @@ def test_cluster_exec_runs_the_command_with_tf_config():
   result = run_module("launch.cluster", "exec", "--hosts=h0,h1", "--index=1", "--", sys.executable, "-c", probe)
   assert result.returncode == 0, result.stderr
   assert json.loads(result.stdout.strip().splitlines()[-1]) == cluster.tf_config(["h0", "h1"], 1)
+
+
+@pytest.mark.parametrize("visible, args, expected", [
+    ("0,1,2,3", [], ["0,1", "2,3"]),  # split evenly
+    ("4,5,6", ["--gpus_per_worker=1"], ["4", "5"]),
+    ("0,1", ["--gpus_per_worker=0"], ["0,1", "0,1"]),  # left alone
+])
+def test_each_worker_sees_its_own_gpus(visible, args, expected):
+  show = "import os; print('gpus=' + os.environ['CUDA_VISIBLE_DEVICES'])"
+  result = run_module("launch.multiworker", "--workers=2", *args, "--", sys.executable, "-c", show,
+                      env={"CUDA_VISIBLE_DEVICES": visible})
+  assert result.returncode == 0, result.stderr[-2000:]
+  seen = sorted(line for line in result.stdout.splitlines() if "gpus=" in line)
+  assert seen == [f"[worker {i}] gpus={g}" for i, g in enumerate(expected)]
+
+
+def test_gpu_shares_that_do_not_fit_are_one_error():
+  result = run_module("launch.multiworker", "--workers=2", "--gpus_per_worker=2", "--", sys.executable, "-c", "0",
+                      env={"CUDA_VISIBLE_DEVICES": "0,1,2"})
+  assert result.returncode == 2
+  assert error_lines(result.stderr) == [
+      "genscale: error: --gpus_per_worker=2 with --workers=2 needs 4 GPUs; 3 are visible (0,1,2)"]
