@@ -45,6 +45,7 @@ from evaluation import likelihood
 from evaluation import metrics as metrics_lib
 from evaluation.features import FeatureRunner
 from evaluation.stats import FeatureStats
+from genscale import gcs
 from genscale.errors import UserError, require
 from genscale.progress import Progress
 import pipelines
@@ -184,19 +185,29 @@ def scalar_tags(values, extractor):
 
 
 def append_jsonl(path, record):
-  """Appends one JSON line (local or gs://, where files can't be appended to: read and rewrite)."""
+  """Appends one JSON line to ``path`` so that concurrent writers lose nothing: locally, one write in append mode
+  under an exclusive lock; on gs://, where objects can't be appended to, a rewrite conditional on the object's
+  generation, repeated when another writer came between (``genscale.gcs.append_line``)."""
   line = json.dumps(record, sort_keys=True) + "\n"
-  old = ""
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, "r") as f:
-      old = f.read()
-    if old and not old.endswith("\n"):
-      old += "\n"
+  if gcs.is_gcs(path):
+    gcs.append_line(path, line)
+    return
+  import fcntl  # pylint: disable=g-import-not-at-top
   directory = os.path.dirname(path)
   if directory:
-    tf.io.gfile.makedirs(directory)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(old + line)
+    os.makedirs(directory, exist_ok=True)
+  with open(path, "ab+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      end = f.seek(0, os.SEEK_END)
+      if end:
+        f.seek(end - 1)
+        if f.read(1) != b"\n":
+          line = "\n" + line  # a line cut off by a crash stays on its own
+      f.write(line.encode())
+      f.flush()
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _keys_digest(keys):

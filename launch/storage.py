@@ -11,49 +11,7 @@ import os
 import uuid
 
 from genscale.errors import UserError
-
-
-def is_gcs(path):
-  return str(path).startswith("gs://")
-
-
-def split_gcs(path):
-  """gs://bucket/a/b -> ("bucket", "a/b")."""
-  rest = str(path)[len("gs://"):]
-  bucket, _, prefix = rest.partition("/")
-  return bucket, prefix.strip("/")
-
-
-_CLIENT = []
-
-
-def client():
-  """A google-cloud-storage client; anonymous when talking to an emulator."""
-  if not _CLIENT:
-    from google.cloud import storage  # pylint: disable=g-import-not-at-top
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-      from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
-      _CLIENT.append(storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"),
-                                    credentials=AnonymousCredentials()))
-    else:
-      import google.auth  # pylint: disable=g-import-not-at-top
-      from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
-      try:
-        credentials, project = google.auth.default()
-      except auth_exceptions.DefaultCredentialsError:
-        raise UserError("no Google Cloud credentials for gs:// paths: run gcloud auth application-default login "
-                        "(on Colab: from google.colab import auth; auth.authenticate_user()), or point "
-                        "GOOGLE_APPLICATION_CREDENTIALS at a service-account key") from None
-      # Bucket and object calls name their bucket; only listing or creating buckets needs a project, and user
-      # credentials often carry none (Colab after authenticate_user): don't require one.
-      project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or "no-project-needed"
-      _CLIENT.append(storage.Client(project=project, credentials=credentials))
-  return _CLIENT[0]
-
-
-def blob(path):
-  bucket, name = split_gcs(path)
-  return client().bucket(bucket).blob(name)
+from genscale.gcs import _CLIENT, blob, client, is_gcs, split_gcs  # pylint: disable=unused-import
 
 
 def preflight(workdir):

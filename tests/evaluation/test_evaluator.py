@@ -97,3 +97,20 @@ def test_a_data_source_scored_against_itself_has_no_distance(tiny_dcgan, tmp_pat
   assert scores["eval/precision_classifier"] == 1.0 and scores["eval/recall_classifier"] == 1.0
   # Ten nearly balanced classes, each recognised with confidence: exp(H(p(y)) - E H(p(y|x))) close to 10.
   assert 8.5 < scores["eval/is_classifier"] <= 10.0
+
+
+def test_concurrent_appends_to_a_local_metrics_file_lose_no_line(tmp_path):
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from evaluation.evaluator import append_jsonl  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "run" / "metrics.jsonl")
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda i: append_jsonl(path, {"n": i, "pad": "x" * 5000}), range(200)))
+  with open(path) as f:
+    lines = f.read().splitlines()
+  assert sorted(json.loads(line)["n"] for line in lines) == list(range(200))
+  with open(path, "a") as f:
+    f.write('{"cut off')  # a writer that died mid-line
+  append_jsonl(path, {"n": 200})
+  with open(path) as f:
+    assert json.loads(f.read().splitlines()[-1]) == {"n": 200}
