@@ -11,9 +11,11 @@ Bad files (empty, not an image, truncated, CMYK, 16-bit, or smaller than the tar
 skipped with a warning and listed in ``bad_files.txt`` beside the output; their count is in ``metadata.json``.
 ``--strict`` stops at the first bad file instead, naming it.
 
-Shards are written into a temporary directory inside --out and moved into place when every shard is complete;
-``metadata.json`` is written last. A crash leaves no directory that a reader would take as complete, and the next
-run removes the leftovers.
+Shards are written into a temporary directory inside --out, under names tagged with this preparation's id, and
+moved into place when every shard is complete; ``metadata.json`` is written last, and a reader takes the files it
+lists. A crash leaves no directory that a reader would take as complete, and the next run removes what it left
+(and nothing else: .tfrecord files that pipelines.prepare didn't write stop it with an error). With --overwrite the
+old dataset stays whole and readable until the new metadata replaces its own; its files are removed after that.
 """
 
 import io
@@ -155,17 +157,60 @@ def _process_array(args):
     return index, None, label, f"{name}: {e}"
 
 
-def _clean_leftovers(out):
+def _listed(out):
+  """The files the dataset in ``out`` lists (its metadata's shards), or an empty set when there is none."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from pipelines import records  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.exists(os.path.join(out, records.METADATA)):
+    return set()
+  return {s["file"] for s in records.read_metadata(out)["shards"]}
+
+
+def _clean_leftovers(out):
+  """Removes what an interrupted preparation left in ``out`` (staging directories, tagged shards that no
+  metadata lists) and nothing else. Raises UserError, before any work, for .tfrecord files it didn't write."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
   from pipelines import records  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.exists(out):
     return
-  for name in tf.io.gfile.listdir(out):
-    name = name.rstrip("/")
+  listed = _listed(out)
+  names = [name.rstrip("/") for name in tf.io.gfile.listdir(out)]
+  foreign = sorted(n for n in names if n.endswith(".tfrecord") and n not in listed
+                   and not records.PREPARED_SHARD.match(n))
+  if foreign:
+    raise UserError(f"--out={out} holds .tfrecord files that pipelines.prepare did not write ({', '.join(foreign[:3])}"
+                    f"{'...' if len(foreign) > 3 else ''}); nothing was changed: choose an empty --out")
+  for name in names:
     if name.startswith(".incomplete-"):
       tf.io.gfile.rmtree(os.path.join(out, name))
-    elif name.endswith(".tfrecord") or name in (records.REPORT, records.METADATA):
+    elif records.PREPARED_SHARD.match(name) and name not in listed:
       tf.io.gfile.remove(os.path.join(out, name))
+
+
+def _commit(out, staging, files, counts, bad, meta_fields):
+  """Moves the new shards in beside the old dataset, switches the metadata (the dataset is the new one from that
+  write on), then removes the old dataset's files that the new one doesn't use."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from pipelines import records  # pylint: disable=g-import-not-at-top
+  old = _listed(out)
+  kept = []
+  for name, count in zip(files, counts):
+    if count:
+      tf.io.gfile.rename(os.path.join(staging, name), os.path.join(out, name))
+      kept.append({"file": name, "count": count})
+  tf.io.gfile.rmtree(staging)
+  report = os.path.join(out, records.REPORT)
+  if bad:
+    with tf.io.gfile.GFile(report, "w") as f:
+      f.write("file\treason\n" + "\n".join(bad) + "\n")
+  meta = {**meta_fields, "shards": kept, "bad_files": len(bad)}
+  records.write_metadata(out, meta)
+  for name in sorted(old - {k["file"] for k in kept}):
+    tf.io.gfile.remove(os.path.join(out, name))
+  if not bad and old and tf.io.gfile.exists(report):
+    tf.io.gfile.remove(report)  # the replaced dataset's report
+  return meta
 
 
 def prepare(source, out, resolution, channels=3, shards=8, crop="center", upscale=False, strict=False,
@@ -198,9 +243,10 @@ def prepare(source, out, resolution, channels=3, shards=8, crop="center", upscal
   require(total > 0, f"--source={source} is empty")
 
   _clean_leftovers(out)
-  staging = os.path.join(out, f".incomplete-{uuid.uuid4().hex[:8]}")
+  tag = uuid.uuid4().hex[:8]
+  staging = os.path.join(out, f".incomplete-{tag}")
   tf.io.gfile.makedirs(staging)
-  files = [records.shard_name(i, shards) for i in range(shards)]
+  files = [records.shard_name(i, shards, tag) for i in range(shards)]
   writers = [tf.io.TFRecordWriter(os.path.join(staging, f)) for f in files]
   counts = [0] * shards
   bad = []
@@ -236,24 +282,11 @@ def prepare(source, out, resolution, channels=3, shards=8, crop="center", upscal
     tf.io.gfile.rmtree(staging)
     raise UserError(f"--source={source} has no usable images ({len(bad)} bad files)")
 
-  # ---- commit: move complete shards into place, then the report, then metadata (the completion marker).
-  kept = []
-  for name, count in zip(files, counts):
-    if count:
-      tf.io.gfile.rename(os.path.join(staging, name), os.path.join(out, name), overwrite=True)
-      kept.append({"file": name, "count": count})
-  tf.io.gfile.rmtree(staging)
-  if bad:
-    with tf.io.gfile.GFile(os.path.join(out, records.REPORT), "w") as f:
-      f.write("file\treason\n" + "\n".join(bad) + "\n")
-  meta = {
+  return _commit(out, staging, files, counts, bad, {
       "count": good, "resolution": list(target), "channels": channels, "label_names": list(label_names),
-      "shards": kept, "bad_files": len(bad), "source": source, "crop": crop, "upscale": upscale,
-      "filters": "area when shrinking, bilinear when enlarging", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                        time.gmtime()),
-  }
-  records.write_metadata(out, meta)
-  return meta
+      "source": source, "crop": crop, "upscale": upscale,
+      "filters": "area when shrinking, bilinear when enlarging",
+      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def main(argv):

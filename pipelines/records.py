@@ -14,6 +14,7 @@ shard is complete, so a directory without it is an interrupted preparation and i
 
 import json
 import os
+import re
 
 import tensorflow as tf
 
@@ -24,8 +25,15 @@ METADATA = "metadata.json"
 REPORT = "bad_files.txt"
 
 
-def shard_name(index, count):
-  return f"shard-{index:05d}-of-{count:05d}.tfrecord"
+def shard_name(index, count, tag=None):
+  """``shard-00003-of-00008-<tag>.tfrecord``: ``pipelines.prepare`` tags the shards of each preparation, so a new
+  one never overwrites the files of the dataset it replaces before its own metadata is committed."""
+  return f"shard-{index:05d}-of-{count:05d}" + (f"-{tag}" if tag else "") + ".tfrecord"
+
+
+# What pipelines.prepare writes and may remove again: tagged shards, the report and the metadata.
+PREPARED_SHARD = re.compile(r"^shard-\d{5}-of-\d{5}-[0-9a-f]{8}\.tfrecord$")
+SIDECARS = (METADATA, REPORT)
 
 
 def serialize(image, label):

@@ -137,7 +137,8 @@ class TFRecordSource(Source):
       directory = pattern
       files = tf.io.gfile.glob(os.path.join(pattern, "*.tfrecord"))
     else:
-      files = tf.io.gfile.glob(pattern)
+      # The metadata and the bad-file report sit beside the shards, so DIR/* matches them too.
+      files = [f for f in tf.io.gfile.glob(pattern) if os.path.basename(f) not in records.SIDECARS]
       require(files, f"--config.data={spec}: {pattern} matches no files")
       directory = os.path.dirname(files[0])
     meta = records.read_metadata(directory)

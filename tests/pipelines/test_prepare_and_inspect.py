@@ -129,17 +129,54 @@ def test_a_crash_leaves_nothing_a_reader_takes_as_complete(image_folder, tmp_pat
   assert os.listdir(out) == []
   # A hard kill mid-write leaves a staging directory and maybe stray shards, but no metadata.json.
   os.makedirs(os.path.join(out, ".incomplete-dead"))
-  with tf.io.TFRecordWriter(os.path.join(out, records.shard_name(0, 2))) as w:
+  with tf.io.TFRecordWriter(os.path.join(out, records.shard_name(0, 2, "0123abcd"))) as w:
     w.write(b"partial")
   with pytest.raises(UserError, match="has no metadata.json"):
     pipelines.open_source(f"tfrecord:{out}")
   meta = prepare_lib.prepare(f"folder:{root}", out, 8, shards=2, workers=1)
   assert meta["count"] == 12
-  assert sorted(os.listdir(out)) == ["metadata.json", "shard-00000-of-00002.tfrecord",
-                                     "shard-00001-of-00002.tfrecord"]
+  assert sorted(os.listdir(out)) == ["metadata.json", *sorted(s["file"] for s in meta["shards"])]
+  assert all(records.PREPARED_SHARD.match(s["file"]) for s in meta["shards"]) and len(meta["shards"]) == 2
   assert pipelines.open_source(f"tfrecord:{out}").info.count == 12
   with pytest.raises(UserError, match="already holds a prepared dataset"):
     prepare_lib.prepare(f"folder:{root}", out, 8, workers=1)
+
+
+def test_files_it_did_not_write_are_never_deleted(image_folder, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "mine.tfrecord").write_bytes(b"a user's own records")
+  with pytest.raises(UserError, match="holds .tfrecord files that pipelines.prepare did not write .*mine.tfrecord"):
+    prepare_lib.prepare(f"folder:{image_folder[0]}", str(out), 8, shards=2, workers=1)
+  assert sorted(os.listdir(out)) == ["mine.tfrecord"] and (out / "mine.tfrecord").read_bytes() == b"a user's own records"
+
+
+def test_overwrite_keeps_the_old_dataset_whole_until_the_new_metadata_is_written(image_folder, tmp_path,
+                                                                                 monkeypatch):
+  root, out = image_folder[0], str(tmp_path / "out")
+  old = prepare_lib.prepare(f"folder:{root}", out, 8, shards=2, workers=1)
+  old_files = sorted(s["file"] for s in old["shards"])
+  seen = []
+  original = records.write_metadata
+
+  def watching(directory, meta):  # at the switch, the old dataset must still be there, file for file
+    seen.append(sorted(f for f in os.listdir(directory) if f in old_files))
+    original(directory, meta)
+
+  monkeypatch.setattr(records, "write_metadata", watching)
+  new = prepare_lib.prepare(f"folder:{root}", out, 8, shards=3, workers=1, overwrite=True)
+  assert seen == [old_files]
+  assert sorted(os.listdir(out)) == ["metadata.json", *sorted(s["file"] for s in new["shards"])]  # old ones gone
+  assert pipelines.open_source(f"tfrecord:{out}").info.count == new["count"] == 12
+
+
+def test_a_glob_over_the_directory_skips_the_metadata_and_the_report(image_folder, tmp_path):
+  root, out = image_folder[0], str(tmp_path / "out")
+  _add_bad_files(root)
+  prepare_lib.prepare(f"folder:{root}", out, 8, shards=2, workers=1)
+  assert os.path.exists(os.path.join(out, records.REPORT))  # the bad files are reported beside the shards
+  source = pipelines.open_source(f"tfrecord:{out}/*")
+  assert len(source.files) == 2 and all(f.endswith(".tfrecord") for f in source.files)
 
 
 def test_inspect_reports_counts_range_labels_and_writes_a_preview(image_folder, tmp_path):
