@@ -1,5 +1,7 @@
 """The embedded classifier: the stored weights are what their file says, and training is reproducible."""
 
+import os
+
 import numpy as np
 
 from evaluation import classifier
@@ -28,3 +30,18 @@ def test_training_is_reproducible_and_depends_on_the_seed():
   for name in first:
     np.testing.assert_array_equal(first[name], again[name])
   assert classifier.fingerprint(first) == classifier.fingerprint(again) != classifier.fingerprint(other)
+
+
+def test_retraining_writes_beside_the_user_and_leaves_the_shipped_weights_alone(tmp_path):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
+  shipped = classifier.WEIGHTS_PATH
+  before = hashlib.sha256(open(shipped, "rb").read()).hexdigest()
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run([sys.executable, "-m", "evaluation.train_classifier", "--epochs=0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "wrote mnist_classifier.npz" in result.stdout and (tmp_path / "mnist_classifier.npz").exists()
+  assert hashlib.sha256(open(shipped, "rb").read()).hexdigest() == before
