@@ -45,3 +45,16 @@ def test_models_and_evaluation_do_not_import_the_loop():
             [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
         imports += [f"{os.path.relpath(path, ROOT)}: {n}" for n in names if n == "launch" or n.startswith("launch.")]
   assert not imports, "\n".join(imports)
+
+
+def test_every_console_script_names_a_module_function_that_exists():
+  """setup.py's console scripts: each ``genscale-x=module:function`` names a function the module defines (read from
+  the source: importing the command modules together would define their absl flags twice)."""
+  setup = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
+  scripts = re.findall(r'"(genscale-[\w-]+)=([\w.]+):(\w+)"', setup)
+  assert len(scripts) >= 14, scripts
+  for name, module, function in scripts:
+    path = os.path.join(ROOT, *module.split(".")) + ".py"
+    assert os.path.exists(path), f"{name}: no {path}"
+    defined = {n.name for n in ast.parse(open(path, encoding="utf-8").read()).body if isinstance(n, ast.FunctionDef)}
+    assert function in defined, f"{name}: {module} defines no {function}()"
