@@ -47,10 +47,12 @@ extras_require = {
         "PyYAML",  # reads the cluster templates
         "scipy",  # reference matrix square roots for the FID tests
         "selenium>=4.10",  # drives the system's Chromium through its chromedriver (the demo page's test)
+        "imageio>=2.31", "imageio-ffmpeg>=0.5",  # the video extra, so the .mp4 path is tested too
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "tpu": ["tensorflow-tpu==2.20.0"],
     "profile": ["tensorboard-plugin-profile"],
+    "video": ["imageio>=2.31", "imageio-ffmpeg>=0.5"],  # launch.sample --walk into an .mp4 (a .gif needs nothing)
 }
 
 setup(

@@ -74,3 +74,41 @@ def scatter(points, labels=None, size=256, radius=2, limit=None):
     colour = PALETTE[int(labels[i]) % len(PALETTE)] if labels is not None else 255
     image[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1] = colour
   return image
+
+
+def write_animation(path, frames, fps=24, size=256):
+  """Writes uint8 frames [N, H, W, C] as an animated ``.gif`` (Pillow) or an ``.mp4`` (H.264 through imageio's
+  ffmpeg, the ``video`` extra), each frame enlarged by pixel copies to about ``size`` pixels high. Local or gs://.
+  Raises UserError for another file type or a missing codec package."""
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+  frames = np.asarray(frames)
+  if frames.shape[-1] == 1:
+    frames = np.repeat(frames, 3, axis=-1)
+  scale = max(1, int(size) // frames.shape[1])
+  frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+  if path.endswith(".gif"):
+    buffer = io.BytesIO()
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                   loop=0)
+    data = buffer.getvalue()
+  elif path.endswith(".mp4"):
+    try:
+      import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+      import imageio_ffmpeg  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise UserError(f"{path}: writing .mp4 needs pip install 'genscale[video]' (imageio with ffmpeg); "
+                      ".gif needs nothing more") from None
+    import tempfile  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as scratch:
+      local = f"{scratch}/video.mp4"
+      even = frames[:, :frames.shape[1] // 2 * 2, :frames.shape[2] // 2 * 2]  # H.264 wants even sides
+      imageio.mimwrite(local, list(even), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+      with open(local, "rb") as f:
+        data = f.read()
+  else:
+    raise UserError(f"{path}: an animation is a .gif or an .mp4")
+  directory = path.rsplit("/", 1)[0] if "/" in path else "."
+  tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(data)

@@ -5,6 +5,9 @@ output is a PNG grid when ``--out`` ends in ``.png``, or a NumPy ``.npz`` with `
 conditional models, ``labels``, also stored as ``arr_0`` and ``arr_1`` (the names outside scorers such as the
 ADM evaluator read).
 
+``--walk=0-4 --frames=16 --out=walk.gif`` (or ``.mp4``, ``.png``, ``.npz``) walks through the latent space from
+each seed's z to the next one's (latent-variable models), ``--fps`` frames a second.
+
 ``--num=N --seed=S`` draws N images in batches from S. ``--seeds=0-63`` draws each seed's image alone: seed s
 gives the same image whatever the batch size and the other seeds (the image of ``--seed=s --num=1``, and of an
 exported model's seed s). ``--outdir=DIR --seeds=...`` writes one PNG per seed, ``DIR/seed0005.png``.
@@ -24,6 +27,9 @@ flags.DEFINE_string("out", None, "Output file: .png (grid) or .npz (raw uint8 sa
 flags.DEFINE_string("checkpoint", None, "Checkpoint path or step number; default the newest.")
 flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same images.")
 flags.DEFINE_string("seeds", None, "One image per seed, e.g. 0-63 or 1,5,9: each the image of --seed=s --num=1.")
+flags.DEFINE_string("walk", None, "A latent walk through these seeds' z, e.g. 0-4; --out .gif/.mp4 animates it.")
+flags.DEFINE_integer("frames", 16, "--walk: frames from each seed to the next.")
+flags.DEFINE_integer("fps", 24, "--walk into a .gif or .mp4: frames a second.")
 flags.DEFINE_string("outdir", None, "With --seeds: write one PNG per seed here (seed0005.png), instead of --out.")
 flags.DEFINE_integer("label", None, "Class of every sample (conditional models); default cycles through classes.")
 flags.DEFINE_bool("ema", True, "Use the EMA generator weights.")
@@ -62,8 +68,14 @@ def _check_outputs(seeds):
     raise UserError("give --out=FILE (.png grid or .npz) or, with --seeds, --outdir=DIR (one PNG per seed)")
   if FLAGS.outdir is not None and seeds is None:
     raise UserError("--outdir writes one PNG per seed: give the seeds too, e.g. --seeds=0-63")
-  if FLAGS.out is not None and not FLAGS.out.endswith((".png", ".npz")):
-    raise UserError(f"--out={FLAGS.out} must end in .png (a grid) or .npz (raw samples)")
+  animated = (".gif", ".mp4") if FLAGS.walk else ()
+  if FLAGS.out is not None and not FLAGS.out.endswith((".png", ".npz", *animated)):
+    raise UserError(f"--out={FLAGS.out} must end in .png (a grid) or .npz (raw samples)" +
+                    (", or .gif/.mp4 (an animation)" if FLAGS.walk else "; .gif/.mp4 take --walk"))
+  if FLAGS.walk:
+    for name in ("seeds", "num", "seed", "interpolate", "outdir", "mix_seed"):
+      if FLAGS[name].present:
+        raise UserError(f"--walk draws its own frames from its seeds; drop --{name}")
   if seeds is not None:
     for name in ("num", "seed", "interpolate"):
       if FLAGS[name].present:
@@ -106,6 +118,28 @@ def _write(images, labels, num_classes):
     f.write(buffer.getvalue())
 
 
+def _walk(seeds):
+  from genscale import images as image_lib  # pylint: disable=g-import-not-at-top
+  from genscale.progress import Progress  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
+  from launch.sampling import Sampler  # pylint: disable=g-import-not-at-top
+  run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy=FLAGS.strategy, precision=FLAGS.precision,
+                        xla=FLAGS.xla)
+  num_classes = getattr(run.model, "num_classes", 0)
+  label = _labels(1, num_classes)
+  count = (len(seeds) - 1) * FLAGS.frames + 1
+  sampler = Sampler(run.runtime, run.model, min(FLAGS.batch_size, count), ema=FLAGS.ema)
+  progress = Progress(count, "walk", unit="frame")
+  frames = image_lib.to_uint8(sampler.walk(seeds, FLAGS.frames, 0 if label is None else int(label[0]),
+                                           progress=progress))
+  progress.close()
+  if FLAGS.out.endswith((".gif", ".mp4")):
+    image_lib.write_animation(FLAGS.out, frames, fps=FLAGS.fps)
+  else:
+    _write(frames, None if label is None else label.repeat(count), num_classes)
+  print(f"wrote a walk of {count} frames through seeds {','.join(map(str, seeds))} to {FLAGS.out}")
+
+
 def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -116,6 +150,9 @@ def main(argv):
 
   seeds = None if FLAGS.seeds is None else parse_seeds(FLAGS.seeds)
   _check_outputs(seeds)
+  if FLAGS.walk:
+    _walk(parse_seeds(FLAGS.walk))
+    return
   run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy=FLAGS.strategy, precision=FLAGS.precision,
                         xla=FLAGS.xla)
   num_classes = getattr(run.model, "num_classes", 0)

@@ -91,6 +91,42 @@ class Sampler:
         progress.update(done=start + count)
     return np.concatenate(out)
 
+  def walk(self, seeds, frames, label=0, progress=None):
+    """A latent walk: ``frames`` images from the z of each seed to the next one's, along the great circle (slerp:
+    a Gaussian latent's norm stays typical), then the last seed's image. The z of seed s is the one its
+    ``for_seeds`` image draws; the model's other randomness (StyleGAN2's noise images) comes from the first seed
+    in every frame, so only the latent moves. Returns numpy float32 [(len(seeds) - 1) * frames + 1, H, W, C]."""
+    model = self.model
+    if model.latent_shape is None:
+      raise UserError(f"{type(model).__name__} has no latent to walk through: --walk takes a latent-variable "
+                      "model (DCGAN, Progressive GAN, StyleGAN2, VAE)")
+    if len(seeds) < 2 or int(frames) < 1:
+      raise UserError(f"--walk needs two seeds or more and --frames at least 1 (got {len(seeds)} and {frames})")
+    z = np.stack([BatchRng(tf.constant([int(s), 0], tf.int64), 0, 1, 1).normal(list(model.latent_shape),
+                                                                               "sample/z").numpy()[0]
+                  for s in seeds])
+    points = [_slerp(z[k], z[k + 1], t / frames) for k in range(len(seeds) - 1) for t in range(frames)] + [z[-1]]
+    if not hasattr(self, "_walk_call"):
+      runtime, ema = self.runtime, self._ema
+
+      def one(args):
+        latent, key, row_label = args
+        rng = BatchRng(tf.stack([key, tf.constant(0, tf.int64)]), 0, 1, 1)
+        return tf.cast(model.from_latent(latent[None], rng, row_label[None], ema=ema)[0], tf.float32)
+
+      self._walk_call = tf.function(runtime.compile(
+          lambda zs, keys, labels: tf.map_fn(one, (zs, keys, labels), fn_output_signature=tf.float32)))
+    out = []
+    for start in range(0, len(points), self.batch_size):
+      chunk = np.asarray(points[start:start + self.batch_size], np.float32)
+      keys = np.full([len(chunk)], int(seeds[0]), np.int64)
+      labels = np.full([len(chunk)], int(label), np.int32)
+      with self.runtime.strategy.scope():
+        out.append(self._walk_call(tf.constant(chunk), tf.constant(keys), tf.constant(labels)).numpy())
+      if progress is not None:
+        progress.update(done=start + len(chunk))
+    return np.concatenate(out)
+
   def batch(self, rng_key, labels=None):
     """One batch of float32 images in [-1, 1] as numpy [batch_size, H, W, C]."""
     if labels is None:
@@ -109,6 +145,20 @@ class Sampler:
       if progress is not None:
         progress.update(done=min((i + 1) * self.batch_size, count))
     return np.concatenate(out)[:count]
+
+
+def _slerp(a, b, t):
+  """The point a fraction ``t`` along the great circle from ``a`` to ``b``, with the norm interpolated linearly
+  (a straight line when they are parallel)."""
+  if t == 0:
+    return a  # the first frame is the seed's own latent, bit for bit
+  norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
+  cosine = np.clip(np.dot(a, b) / max(norm_a * norm_b, 1e-12), -1.0, 1.0)
+  angle = np.arccos(cosine)
+  if angle < 1e-6:
+    return (1 - t) * a + t * b
+  direction = (np.sin((1 - t) * angle) * a / norm_a + np.sin(t * angle) * b / norm_b) / np.sin(angle)
+  return direction * ((1 - t) * norm_a + t * norm_b)
 
 
 def parse_seeds(text):

@@ -52,3 +52,21 @@ def test_png_round_trip(tmp_path):
 
 def test_to_uint8_rounds_and_clips():
   np.testing.assert_array_equal(images.to_uint8(np.array([-2.0, -1.0, 0.0, 1.0, 3.0])), [0, 0, 128, 255, 255])
+
+
+def test_animations_hold_every_frame_enlarged(tmp_path):
+  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+  frames = np.stack([np.full((16, 16, 1), 20 * i, np.uint8) for i in range(6)])
+  images.write_animation(str(tmp_path / "a.gif"), frames, fps=10, size=64)
+  gif = Image.open(tmp_path / "a.gif")
+  assert gif.n_frames == 6 and gif.size == (64, 64) and gif.info["duration"] == 100
+  gif.seek(3)
+  assert np.asarray(gif.convert("L"))[10, 10] == 60
+  images.write_animation(str(tmp_path / "a.mp4"), frames, fps=10, size=64)
+  decoded = imageio.mimread(str(tmp_path / "a.mp4"))
+  assert len(decoded) == 6 and decoded[0].shape == (64, 64, 3)
+  assert abs(int(decoded[5][32, 32, 0]) - 100) <= 6  # H.264 is lossy
+  with pytest.raises(UserError, match="a .gif or an .mp4"):
+    images.write_animation(str(tmp_path / "a.avi"), frames)

@@ -260,6 +260,29 @@ def test_sampling_by_seeds_draws_the_served_images_at_any_batch_size(exports, na
     np.testing.assert_array_equal(got, expected, err_msg=f"{name} batch {batch}")
 
 
+@pytest.mark.parametrize("name", ["dcgan", "stylegan2"])
+def test_a_latent_walk_starts_at_the_first_seeds_image_and_moves(exports, name):
+  run, _ = exports[name]
+  sampler = Sampler(run.runtime, run.model, 4)
+  frames = sampler.walk([3, 8], 5, label=2)
+  assert frames.shape[0] == 6
+  ends = sampler.for_seeds([3, 8], np.array([2, 2], np.int32))
+  np.testing.assert_array_equal(frames[0], ends[0])
+  if name == "dcgan":  # no randomness besides z: the walk ends at the last seed's image
+    np.testing.assert_array_equal(frames[-1], ends[1])
+  assert all(not np.array_equal(frames[i], frames[i + 1]) for i in range(5))
+
+
+def test_slerp_keeps_the_ends_and_interpolates_the_norm():
+  from launch.sampling import _slerp  # pylint: disable=g-import-not-at-top
+  a, b = np.array([3.0, 0.0]), np.array([0.0, 1.0])
+  np.testing.assert_array_equal(_slerp(a, b, 0.0), a)
+  np.testing.assert_allclose(_slerp(a, b, 1.0), b, atol=1e-12)
+  middle = _slerp(a, b, 0.5)
+  np.testing.assert_allclose(np.linalg.norm(middle), 2.0)  # half-way in norm
+  np.testing.assert_allclose(middle / np.linalg.norm(middle), [np.sqrt(0.5), np.sqrt(0.5)])  # and in angle
+
+
 def test_seed_lists_parse_and_bad_ones_are_refused():
   from launch.sampling import parse_seeds  # pylint: disable=g-import-not-at-top
   assert parse_seeds("0-3,9,5-5") == [0, 1, 2, 3, 9, 5]

@@ -97,6 +97,10 @@ def test_sample_writes_a_grid_and_raw_samples(trained, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert sorted(os.listdir(outdir)) == ["seed0003.png", "seed0004.png", "seed0012.png"]
   assert np.asarray(Image.open(outdir / "seed0012.png")).shape[:2] == (32, 32)
+  walk = tmp_path / "walk.gif"
+  result = run_module("launch.sample", f"--workdir={workdir}", "--walk=2,5", "--frames=3", f"--out={walk}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "a walk of 4 frames through seeds 2,5" in result.stdout and Image.open(walk).n_frames == 4
 
 
 
