@@ -28,7 +28,9 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint path or step number; default
 flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same images.")
 flags.DEFINE_string("seeds", None, "One image per seed, e.g. 0-63 or 1,5,9: each the image of --seed=s --num=1.")
 flags.DEFINE_string("walk", None, "A latent walk through these seeds' z, e.g. 0-4; --out .gif/.mp4 animates it.")
-flags.DEFINE_integer("frames", 16, "--walk: frames from each seed to the next.")
+flags.DEFINE_integer("frames", 16, "--walk: frames from each seed to the next; --sweep: frames in all.")
+flags.DEFINE_string("sweep", None, "A sweep of one setting for --seed, e.g. truncation=0:1 (StyleGAN2) or "
+                    "guidance=0:4 (diffusion), in --frames steps; --out .gif/.mp4 animates it.")
 flags.DEFINE_integer("fps", 24, "--walk into a .gif or .mp4: frames a second.")
 flags.DEFINE_string("outdir", None, "With --seeds: write one PNG per seed here (seed0005.png), instead of --out.")
 flags.DEFINE_integer("label", None, "Class of every sample (conditional models); default cycles through classes.")
@@ -68,10 +70,16 @@ def _check_outputs(seeds):
     raise UserError("give --out=FILE (.png grid or .npz) or, with --seeds, --outdir=DIR (one PNG per seed)")
   if FLAGS.outdir is not None and seeds is None:
     raise UserError("--outdir writes one PNG per seed: give the seeds too, e.g. --seeds=0-63")
-  animated = (".gif", ".mp4") if FLAGS.walk else ()
+  animated = (".gif", ".mp4") if FLAGS.walk or FLAGS.sweep else ()
   if FLAGS.out is not None and not FLAGS.out.endswith((".png", ".npz", *animated)):
     raise UserError(f"--out={FLAGS.out} must end in .png (a grid) or .npz (raw samples)" +
-                    (", or .gif/.mp4 (an animation)" if FLAGS.walk else "; .gif/.mp4 take --walk"))
+                    (", or .gif/.mp4 (an animation)" if animated else "; .gif/.mp4 take --walk or --sweep"))
+  if FLAGS.walk and FLAGS.sweep:
+    raise UserError("choose --walk or --sweep, not both")
+  if FLAGS.sweep:
+    for name in ("seeds", "num", "interpolate", "outdir", "mix_seed", *_OPTION_FLAGS):
+      if FLAGS[name].present:
+        raise UserError(f"--sweep draws one seed's image at each value; drop --{name}")
   if FLAGS.walk:
     for name in ("seeds", "num", "seed", "interpolate", "outdir", "mix_seed"):
       if FLAGS[name].present:
@@ -118,26 +126,50 @@ def _write(images, labels, num_classes):
     f.write(buffer.getvalue())
 
 
+def _sweep_values():
+  """(setting, values) of --sweep=name=low:high in --frames evenly spaced steps. Raises UserError."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from genscale.errors import UserError  # pylint: disable=g-import-not-at-top
+  name, _, span = FLAGS.sweep.partition("=")
+  low, colon, high = span.partition(":")
+  try:
+    low, high = float(low), float(high)
+  except ValueError:
+    raise UserError(f"--sweep={FLAGS.sweep}: give name=low:high, e.g. truncation=0:1") from None
+  if not colon or FLAGS.frames < 2:
+    raise UserError(f"--sweep={FLAGS.sweep}: give name=low:high and --frames of 2 or more")
+  return name, list(np.linspace(low, high, FLAGS.frames))
+
+
 def _walk(seeds):
+  """--walk (seeds given) or --sweep (seeds None): frames written as an animation, a grid or .npz."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from genscale import images as image_lib  # pylint: disable=g-import-not-at-top
   from genscale.progress import Progress  # pylint: disable=g-import-not-at-top
   from launch import rundir  # pylint: disable=g-import-not-at-top
   from launch.sampling import Sampler  # pylint: disable=g-import-not-at-top
+  sweep = None if seeds is not None else _sweep_values()
   run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy=FLAGS.strategy, precision=FLAGS.precision,
                         xla=FLAGS.xla)
   num_classes = getattr(run.model, "num_classes", 0)
   label = _labels(1, num_classes)
-  count = (len(seeds) - 1) * FLAGS.frames + 1
+  label = 0 if label is None else int(label[0])
+  count = (len(seeds) - 1) * FLAGS.frames + 1 if sweep is None else len(sweep[1])
   sampler = Sampler(run.runtime, run.model, min(FLAGS.batch_size, count), ema=FLAGS.ema)
-  progress = Progress(count, "walk", unit="frame")
-  frames = image_lib.to_uint8(sampler.walk(seeds, FLAGS.frames, 0 if label is None else int(label[0]),
-                                           progress=progress))
+  progress = Progress(count, "walk" if sweep is None else "sweep", unit="frame")
+  if sweep is None:
+    frames = sampler.walk(seeds, FLAGS.frames, label, progress=progress)
+    what = f"a walk of {count} frames through seeds {','.join(map(str, seeds))}"
+  else:
+    frames = sampler.sweep(FLAGS.seed, sweep[0], sweep[1], label, progress=progress)
+    what = f"a sweep of {sweep[0]} over {count} frames for seed {FLAGS.seed}"
+  frames = image_lib.to_uint8(frames)
   progress.close()
   if FLAGS.out.endswith((".gif", ".mp4")):
     image_lib.write_animation(FLAGS.out, frames, fps=FLAGS.fps)
   else:
-    _write(frames, None if label is None else label.repeat(count), num_classes)
-  print(f"wrote a walk of {count} frames through seeds {','.join(map(str, seeds))} to {FLAGS.out}")
+    _write(frames, np.full([count], label, np.int32) if num_classes else None, num_classes)
+  print(f"wrote {what} to {FLAGS.out}")
 
 
 def main(argv):
@@ -150,8 +182,8 @@ def main(argv):
 
   seeds = None if FLAGS.seeds is None else parse_seeds(FLAGS.seeds)
   _check_outputs(seeds)
-  if FLAGS.walk:
-    _walk(parse_seeds(FLAGS.walk))
+  if FLAGS.walk or FLAGS.sweep:
+    _walk(parse_seeds(FLAGS.walk) if FLAGS.walk else None)
     return
   run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy=FLAGS.strategy, precision=FLAGS.precision,
                         xla=FLAGS.xla)

@@ -127,6 +127,43 @@ class Sampler:
         progress.update(done=start + len(chunk))
     return np.concatenate(out)
 
+  def sweep(self, seed, name, values, label=0, progress=None):
+    """One seed's image at each of ``values`` of the model's serving input ``name`` (StyleGAN2's truncation, a
+    diffusion model's guidance or steps), the other inputs at their defaults: the frames of a truncation or
+    guidance sweep. Frame i is the image an exported model gives for (seed, name=values[i]). Returns numpy
+    float32 [len(values), H, W, C]."""
+    model = self.model
+    inputs = model.serving_inputs()
+    if name not in inputs:
+      choices = ", ".join(sorted(inputs)) or "none"
+      raise UserError(f"--sweep={name}: {type(model).__name__} takes no setting of that name (it has: {choices})")
+    dtype, _ = inputs[name]
+    bounds = model.serving_range(name)
+    for value in values:
+      if ("min" in bounds and value < bounds["min"]) or ("max" in bounds and value > bounds["max"]):
+        raise UserError(f"--sweep={name}: {value} is outside {bounds.get('min', '-inf')}..{bounds.get('max', 'inf')}")
+    if getattr(self, "_sweep_name", None) != name:
+      runtime, ema = self.runtime, self._ema
+
+      def one(args):
+        value, key, row_label = args
+        rng = BatchRng(tf.stack([key, tf.constant(0, tf.int64)]), 0, 1, 1)
+        return tf.cast(model.serve(rng, row_label[None], ema=ema, **{name: value})[0], tf.float32)
+
+      self._sweep_call = tf.function(runtime.compile(
+          lambda settings, keys, labels: tf.map_fn(one, (settings, keys, labels), fn_output_signature=tf.float32)))
+      self._sweep_name = name
+    out = []
+    for start in range(0, len(values), self.batch_size):
+      chunk = np.asarray(values[start:start + self.batch_size], np.float64)
+      chunk = (np.rint(chunk) if dtype.is_integer else chunk).astype(dtype.as_numpy_dtype)
+      keys, labels = np.full([len(chunk)], int(seed), np.int64), np.full([len(chunk)], int(label), np.int32)
+      with self.runtime.strategy.scope():
+        out.append(self._sweep_call(tf.constant(chunk), tf.constant(keys), tf.constant(labels)).numpy())
+      if progress is not None:
+        progress.update(done=start + len(chunk))
+    return np.concatenate(out)
+
   def batch(self, rng_key, labels=None):
     """One batch of float32 images in [-1, 1] as numpy [batch_size, H, W, C]."""
     if labels is None:

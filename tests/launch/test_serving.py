@@ -273,6 +273,20 @@ def test_a_latent_walk_starts_at_the_first_seeds_image_and_moves(exports, name):
   assert all(not np.array_equal(frames[i], frames[i + 1]) for i in range(5))
 
 
+@pytest.mark.parametrize("name, setting, values", [("stylegan2", "truncation", [1.0, 0.5, 0.0]),
+                                                   ("edm", "steps", [1, 2, 4])])
+def test_a_sweep_draws_what_the_export_draws_at_each_value(exports, name, setting, values):
+  run, path = exports[name]
+  frames = Sampler(run.runtime, run.model, 2).sweep(7, setting, values, label=4)
+  fn = tf.saved_model.load(path).signatures["serving_default"]
+  specs = fn.structured_input_signature[1]
+  inputs = {k: [default] * 3 for k, (_, default) in run.model.serving_inputs().items()}
+  inputs.update({"seed": [7] * 3, "label": [4] * 3, setting: values})
+  served = fn(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})["images"].numpy()
+  np.testing.assert_array_equal(image_lib.to_uint8(frames), served)
+  assert not np.array_equal(served[0], served[2])
+
+
 def test_slerp_keeps_the_ends_and_interpolates_the_norm():
   from launch.sampling import _slerp  # pylint: disable=g-import-not-at-top
   a, b = np.array([3.0, 0.0]), np.array([0.0, 1.0])
