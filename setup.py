@@ -65,7 +65,7 @@ setup(
     python_requires=">=3.11",  # the one version CI installs and tests (Keras 3 and TF 2.21 need 3.10+)
     packages=find_packages(include=["genscale", "genscale.*", "launch", "launch.*", "models", "models.*",
                                     "pipelines", "pipelines.*", "evaluation", "evaluation.*"]),
-    package_data={"launch": ["templates/*", "colab_tpu.ipynb"], "evaluation": ["weights/mnist_classifier.npz"]},
+    package_data={"launch": ["templates/*", "colab_tpu.ipynb", "quickstart.ipynb"], "evaluation": ["weights/mnist_classifier.npz"]},
     install_requires=install_requires,
     extras_require=extras_require,
     entry_points={
