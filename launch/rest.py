@@ -167,3 +167,16 @@ def encode(name, array):
     return [walk(x) for x in a] if getattr(a, "ndim", 0) else one(a.item() if hasattr(a, "item") else a)
 
   return walk(array)
+
+
+def response(outputs, rows):
+  """The predict response for ``outputs`` ({name: numpy array with one row per example}): the row form's
+  ``{"predictions": [...]}`` (an object per example; bare values for a single output) or the column form's
+  ``{"outputs": ...}`` (an object of columns; one bare column for a single output)."""
+  encoded = {name: encode(name, value) for name, value in outputs.items()}
+  if len(encoded) == 1:
+    return {"predictions" if rows else "outputs": next(iter(encoded.values()))}
+  if not rows:
+    return {"outputs": encoded}
+  count = len(next(iter(encoded.values())))
+  return {"predictions": [{name: value[i] for name, value in encoded.items()} for i in range(count)]}

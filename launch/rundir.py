@@ -163,14 +163,18 @@ class LoadedRun:
   step: int  # its training step
 
 
+def _reason(error):
+  """The first line of what a TensorFlow restore error says."""
+  return str(getattr(error, "message", None) or error).strip().splitlines()[0]
+
+
 def restore_model(model, path, config, workdir):
   """Restores the model part of checkpoint ``path``. Raises UserError when it doesn't fit or can't be read."""
   try:
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
   except (ValueError, IndexError, tf.errors.OpError) as e:  # shapes that differ; truncated or missing shards
-    reason = str(getattr(e, "message", None) or e).strip().splitlines()[0]
     raise UserError(f"can't restore {path} into the {config.model.name} model that {workdir}/config.json "
-                    f"describes ({reason}); was it written by another version of the code?") from e
+                    f"describes ({_reason(e)}); was it written by another version of the code?") from e
 
 
 def init_from(model, config, source):
@@ -197,9 +201,8 @@ def init_from(model, config, source):
   try:
     tf.train.Checkpoint(model=networks).read(path).expect_partial().assert_existing_objects_matched()
   except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
-    reason = str(getattr(e, "message", None) or e).strip().splitlines()[0][:300]
     raise UserError(f"--config.init_from={source}: {path} doesn't fit this {config.model.name} model "
-                    f"({reason})") from None
+                    f"({_reason(e)[:300]})") from None
   return path
 
 

@@ -48,91 +48,82 @@ class Sampler:
       return runtime.strategy.gather(images, axis=0)
 
     self._call = call
-    self._seed_call = None
     self._options, self._ema = options, ema
+    self._alone = {}  # the compiled calls of for_seeds, walk and sweep, by kind
 
-  def _per_seed_call(self):
-    """The compiled call of ``for_seeds``: each replica maps over its rows, one example at a time."""
-    runtime, model = self.runtime, self.model
+  def _one_at_a_time(self, kind, draw):
+    """A compiled call over rows (seed, label, *extra) of per-example inputs, each example drawn alone: row i is
+    ``draw(BatchRng.alone(seed_i), label_i [1], *extra_i)[0]``. Every replica maps over its share of the rows, as
+    ``generate``'s call splits a batch. Built once per ``kind``."""
+    if kind in self._alone:
+      return self._alone[kind]
+    runtime, per_replica = self.runtime, self.per_replica
 
     def one(args):
-      key, label = args
-      rng = BatchRng(tf.stack([key, tf.constant(0, tf.int64)]), 0, 1, 1)
-      return tf.cast(model.generate(rng, label[None], ema=self._ema, **self._options)[0], tf.float32)
+      seed, label, *extra = args
+      return tf.cast(draw(BatchRng.alone(seed), label[None], *extra)[0], tf.float32)
 
-    rows = runtime.compile(lambda keys, labels: tf.map_fn(one, (keys, labels), fn_output_signature=tf.float32))
+    rows = runtime.compile(lambda *columns: tf.map_fn(one, columns, fn_output_signature=tf.float32))
 
-    def replica_fn(keys, labels):
-      replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
-      start = [replica_id * self.per_replica]
-      return rows(tf.slice(keys, start, [self.per_replica]), tf.slice(labels, start, [self.per_replica]))
+    def replica_fn(*columns):
+      first = tf.distribute.get_replica_context().replica_id_in_sync_group * per_replica
+      return rows(*[column[first:first + per_replica] for column in columns])
 
     @tf.function
-    def call(keys, labels):
-      return runtime.strategy.gather(runtime.strategy.run(replica_fn, args=(keys, labels)), axis=0)
+    def call(*columns):
+      return runtime.strategy.gather(runtime.strategy.run(replica_fn, args=columns), axis=0)
 
+    self._alone[kind] = call
     return call
+
+  def _in_calls(self, call, columns, progress):
+    """``call`` over the rows of ``columns`` (numpy arrays of one length), ``batch_size`` rows a call; the last
+    call is filled up with copies of its last row, so every call has the traced shape. numpy float32 [rows, ...]."""
+    count, out = len(columns[0]), []
+    for start in range(0, count, self.batch_size):
+      chunk = [column[start:start + self.batch_size] for column in columns]
+      rows = len(chunk[0])
+      chunk = [np.concatenate([c, np.repeat(c[-1:], self.batch_size - rows, axis=0)]) for c in chunk]
+      out.append(call(*[tf.constant(c) for c in chunk]).numpy()[:rows])
+      if progress is not None:
+        progress.update(done=start + rows)
+    return np.concatenate(out)
 
   def for_seeds(self, seeds, labels=None, progress=None):
     """One image per seed, each drawn alone from the key (seed, 0): the image of seed s is the one of
     ``generate(s, 1)`` at a batch of one (and of an exported model's seed s), whatever the batch size here and
     whichever seeds come with it. Returns numpy float32 [len(seeds), H, W, C]."""
-    if self._seed_call is None:
-      self._seed_call = self._per_seed_call()
+    model, ema, options = self.model, self._ema, self._options
+    call = self._one_at_a_time("seeds", lambda rng, label: model.generate(rng, label, ema=ema, **options))
     seeds = np.asarray(seeds, np.int64)
     labels = np.zeros_like(seeds, np.int32) if labels is None else np.asarray(labels, np.int32)
-    out = []
-    for start in range(0, len(seeds), self.batch_size):
-      keys, chunk = seeds[start:start + self.batch_size], labels[start:start + self.batch_size]
-      count, pad = len(keys), self.batch_size - len(keys)  # the last call is filled up with its last seed
-      keys, chunk = np.pad(keys, (0, pad), mode="edge"), np.pad(chunk, (0, pad), mode="edge")
-      out.append(self._seed_call(tf.constant(keys), tf.constant(chunk)).numpy()[:count])
-      if progress is not None:
-        progress.update(done=start + count)
-    return np.concatenate(out)
+    return self._in_calls(call, [seeds, labels], progress)
 
   def walk(self, seeds, frames, label=0, progress=None):
     """A latent walk: ``frames`` images from the z of each seed to the next one's, along the great circle (slerp:
     a Gaussian latent's norm stays typical), then the last seed's image. The z of seed s is the one its
     ``for_seeds`` image draws; the model's other randomness (StyleGAN2's noise images) comes from the first seed
     in every frame, so only the latent moves. Returns numpy float32 [(len(seeds) - 1) * frames + 1, H, W, C]."""
-    model = self.model
+    model, ema = self.model, self._ema
     if model.latent_shape is None:
       raise UserError(f"{type(model).__name__} has no latent to walk through: --walk takes a latent-variable "
                       "model (DCGAN, Progressive GAN, StyleGAN2, VAE)")
     if len(seeds) < 2 or int(frames) < 1:
       raise UserError(f"--walk needs two seeds or more and --frames at least 1 (got {len(seeds)} and {frames})")
-    z = np.stack([BatchRng(tf.constant([int(s), 0], tf.int64), 0, 1, 1).normal(list(model.latent_shape),
-                                                                               "sample/z").numpy()[0]
-                  for s in seeds])
+    z = np.stack([model.sample_latent(BatchRng.alone(s)).numpy()[0] for s in seeds])
     points = [_slerp(z[k], z[k + 1], t / frames) for k in range(len(seeds) - 1) for t in range(frames)] + [z[-1]]
-    if not hasattr(self, "_walk_call"):
-      runtime, ema = self.runtime, self._ema
-
-      def one(args):
-        latent, key, row_label = args
-        rng = BatchRng(tf.stack([key, tf.constant(0, tf.int64)]), 0, 1, 1)
-        return tf.cast(model.from_latent(latent[None], rng, row_label[None], ema=ema)[0], tf.float32)
-
-      self._walk_call = tf.function(runtime.compile(
-          lambda zs, keys, labels: tf.map_fn(one, (zs, keys, labels), fn_output_signature=tf.float32)))
-    out = []
-    for start in range(0, len(points), self.batch_size):
-      chunk = np.asarray(points[start:start + self.batch_size], np.float32)
-      keys = np.full([len(chunk)], int(seeds[0]), np.int64)
-      labels = np.full([len(chunk)], int(label), np.int32)
-      with self.runtime.strategy.scope():
-        out.append(self._walk_call(tf.constant(chunk), tf.constant(keys), tf.constant(labels)).numpy())
-      if progress is not None:
-        progress.update(done=start + len(chunk))
-    return np.concatenate(out)
+    call = self._one_at_a_time("walk", lambda rng, label, latent: model.from_latent(latent[None], rng, label,
+                                                                                     ema=ema))
+    count = len(points)
+    return self._in_calls(call, [np.full([count], int(seeds[0]), np.int64), np.full([count], int(label), np.int32),
+                                 np.asarray(points, np.float32)], progress)
 
   def sweep(self, seed, name, values, label=0, progress=None):
     """One seed's image at each of ``values`` of the model's serving input ``name`` (StyleGAN2's truncation, a
     diffusion model's guidance or steps), the other inputs at their defaults: the frames of a truncation or
     guidance sweep. Frame i is the image an exported model gives for (seed, name=values[i]). Returns numpy
     float32 [len(values), H, W, C]."""
-    model = self.model
+    model, ema = self.model, self._ema
     inputs = model.serving_inputs()
     if name not in inputs:
       choices = ", ".join(sorted(inputs)) or "none"
@@ -142,27 +133,13 @@ class Sampler:
     for value in values:
       if ("min" in bounds and value < bounds["min"]) or ("max" in bounds and value > bounds["max"]):
         raise UserError(f"--sweep={name}: {value} is outside {bounds.get('min', '-inf')}..{bounds.get('max', 'inf')}")
-    if getattr(self, "_sweep_name", None) != name:
-      runtime, ema = self.runtime, self._ema
-
-      def one(args):
-        value, key, row_label = args
-        rng = BatchRng(tf.stack([key, tf.constant(0, tf.int64)]), 0, 1, 1)
-        return tf.cast(model.serve(rng, row_label[None], ema=ema, **{name: value})[0], tf.float32)
-
-      self._sweep_call = tf.function(runtime.compile(
-          lambda settings, keys, labels: tf.map_fn(one, (settings, keys, labels), fn_output_signature=tf.float32)))
-      self._sweep_name = name
-    out = []
-    for start in range(0, len(values), self.batch_size):
-      chunk = np.asarray(values[start:start + self.batch_size], np.float64)
-      chunk = (np.rint(chunk) if dtype.is_integer else chunk).astype(dtype.as_numpy_dtype)
-      keys, labels = np.full([len(chunk)], int(seed), np.int64), np.full([len(chunk)], int(label), np.int32)
-      with self.runtime.strategy.scope():
-        out.append(self._sweep_call(tf.constant(chunk), tf.constant(keys), tf.constant(labels)).numpy())
-      if progress is not None:
-        progress.update(done=start + len(chunk))
-    return np.concatenate(out)
+    call = self._one_at_a_time(("sweep", name), lambda rng, label, value: model.serve(rng, label, ema=ema,
+                                                                                       **{name: value}))
+    values = np.asarray(values, np.float64)
+    values = (np.rint(values) if dtype.is_integer else values).astype(dtype.as_numpy_dtype)
+    count = len(values)
+    return self._in_calls(call, [np.full([count], int(seed), np.int64), np.full([count], int(label), np.int32),
+                                 values], progress)
 
   def batch(self, rng_key, labels=None):
     """One batch of float32 images in [-1, 1] as numpy [batch_size, H, W, C]."""

@@ -79,6 +79,8 @@ class Model:
     self.path, self.version = path, version
     self.loaded = tf.saved_model.load(path)
     self.signatures = dict(self.loaded.signatures)
+    # {signature: {input: TensorSpec}}, read once: every request is checked against it.
+    self.input_specs = {name: dict(fn.structured_input_signature[1]) for name, fn in self.signatures.items()}
     self.metadata = {}
     meta_path = os.path.join(path, METADATA)
     if tf.io.gfile.exists(meta_path):
@@ -86,7 +88,7 @@ class Model:
         self.metadata = json.load(f)
 
   def inputs(self, signature):
-    return dict(self.signatures[signature].structured_input_signature[1])
+    return self.input_specs[signature]
 
   def outputs(self, signature):
     return dict(self.signatures[signature].structured_outputs)
@@ -97,8 +99,7 @@ class Model:
 
   def predict(self, body, max_instances):
     """The JSON response of a predict request."""
-    signatures = {name: self.inputs(name) for name in self.signatures}
-    signature, columns, rows = rest.parse(body, signatures, max_instances)
+    signature, columns, rows = rest.parse(body, self.input_specs, max_instances)
     for name, values in columns.items():
       bounds = self._bounds(signature, name)
       if bounds:
@@ -110,15 +111,7 @@ class Model:
       outputs = self.signatures[signature](**tensors)
     except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
       raise rest.RequestError(str(e).strip().splitlines()[0]) from None
-    encoded = {name: rest.encode(name, value.numpy()) for name, value in outputs.items()}
-    if rows:
-      count = len(next(iter(columns.values())))
-      if len(encoded) == 1:
-        return {"predictions": next(iter(encoded.values()))}
-      return {"predictions": [{name: value[i] for name, value in encoded.items()} for i in range(count)]}
-    if len(encoded) == 1:
-      return {"outputs": next(iter(encoded.values()))}
-    return {"outputs": encoded}
+    return rest.response({name: value.numpy() for name, value in outputs.items()}, rows)
 
   def signature_def(self):
     """The metadata response's signature_def, in TF Serving's JSON form."""

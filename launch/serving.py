@@ -75,9 +75,7 @@ class Exporter:
   def _one(self, row, z=None):
     """The image of one example from its row of inputs (scalars; z [*latent] for from_latent)."""
     model = self.model
-    rng = None
-    if "seed" in row:
-      rng = BatchRng(tf.stack([row["seed"], tf.constant(0, tf.int64)]), 0, 1, 1)
+    rng = BatchRng.alone(row["seed"]) if "seed" in row else None
     labels = row["label"][None] if "label" in row else None
     settings = {name: row[name] for name in self.settings}
     if z is None:
@@ -114,7 +112,7 @@ class Exporter:
 
   def tflite_function(self):
     """A tf.function for the TFLite converter: one example's z [1, *latent] (and label [1]) -> images uint8
-    [1, H, W, C]. Raises UserError for models whose generator needs more than a latent (see TFLITE_REFUSED)."""
+    [1, H, W, C]. Raises UserError for models whose generator needs more than a latent (``tflite_refusal``)."""
     model = self.model
     if model.latent_shape is None or model.latent_needs_seed:
       raise UserError(f"--format=tflite converts latent-to-image generators (DCGAN, Progressive GAN, the VAE "

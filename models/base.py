@@ -100,6 +100,12 @@ class BatchRng:
     self.per_replica_batch = per_replica_batch
     self.num_replicas = num_replicas
 
+  @classmethod
+  def alone(cls, seed):
+    """The randomness of one example drawn by itself from ``seed`` (an int64 scalar): the key (seed, 0) and a batch
+    of one. What ``launch.sample --seeds`` and an exported model's seed s draw, whatever else is drawn with it."""
+    return cls(tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]), 0, 1, 1)
+
   @property
   def global_batch(self):
     return self.per_replica_batch * self.num_replicas
@@ -286,6 +292,10 @@ class GenerativeModel(tf.Module):
     """
     del inputs
     return self.generate(rng, labels, ema=ema)
+
+  def sample_latent(self, rng):
+    """The latents ``generate`` feeds ``from_latent``: standard normal [b, *latent_shape], stream "sample/z"."""
+    return rng.normal(list(self.latent_shape), "sample/z")
 
   def from_latent(self, z, rng=None, labels=None, ema=True, **inputs):
     """Images in [-1, 1] from latents ``z`` [b, *latent_shape]; ``rng`` when ``latent_needs_seed``."""

@@ -225,7 +225,7 @@ class DCGAN(base.GenerativeModel):
   def generate(self, rng, labels=None, ema=True, **options):
     if options:
       raise UserError(f"DCGAN sampling takes no options, got {', '.join(options)}")
-    return self.from_latent(rng.normal([self.latent_dim], "sample/z"), labels=labels, ema=ema)
+    return self.from_latent(self.sample_latent(rng), labels=labels, ema=ema)
 
   @property
   def latent_shape(self):

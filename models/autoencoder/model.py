@@ -237,7 +237,7 @@ class VAE(base.GenerativeModel):
 
   def generate(self, rng, labels=None, ema=True, **options):
     self.check_sampling_options(**options)
-    return self.from_latent(rng.normal([self.latent_dim], "sample/z"), labels=labels, ema=ema)
+    return self.from_latent(self.sample_latent(rng), labels=labels, ema=ema)
 
   @property
   def latent_shape(self):

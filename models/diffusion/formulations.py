@@ -194,7 +194,8 @@ class DDPM:
     last = float(self.num_timesteps - 1)
     # np.linspace(0, last, steps): i * (last / (steps - 1)), the last one exactly ``last``; then round half to even.
     spaced = tf.range(steps, dtype=tf.float64) * (last / tf.cast(tf.maximum(steps - 1, 1), tf.float64))
-    spaced = tf.where(tf.logical_and(tf.equal(tf.range(steps), steps - 1), steps > 1), tf.constant(last, tf.float64), spaced)
+    is_last = tf.logical_and(tf.equal(tf.range(steps), steps - 1), steps > 1)
+    spaced = tf.where(is_last, tf.constant(last, tf.float64), spaced)
     timesteps = tf.reverse(tf.cast(tf.round(spaced), tf.int32), [0])
     return tf.concat([tf.gather(tf.constant(self.sigmas, tf.float64), timesteps), tf.zeros([1], tf.float64)], 0)
 

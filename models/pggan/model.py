@@ -377,7 +377,7 @@ class ProgressiveGAN(base.GenerativeModel):
     """Images at the current level of detail, upsampled to the target resolution and clipped to [-1, 1]."""
     if options:
       raise UserError(f"Progressive GAN sampling takes no options, got {', '.join(options)}")
-    return self.from_latent(rng.normal([self.latent_dim], "sample/z"), labels=labels, ema=ema)
+    return self.from_latent(self.sample_latent(rng), labels=labels, ema=ema)
 
   @property
   def latent_shape(self):

@@ -376,11 +376,11 @@ class StyleGAN2(base.GenerativeModel):
       noises = [tf.broadcast_to(fixed.shared_normal(shape, f"sample/noise{i}")[None], [rng.per_replica_batch, *shape])
                 for i, shape in enumerate(net.synthesis.noise_shapes())]  # the same for every frame
     else:
-      ws = self._broadcast(net.mapping(rng.normal([self.z_dim], "sample/z"), labels))
+      ws = self._broadcast(net.mapping(self.sample_latent(rng), labels))
       if settings["mix_seed"] is not None:
         other = base.BatchRng(tf.stack([tf.constant(int(settings["mix_seed"]), tf.int64), rng.key[1]]),
                               rng.replica_id, rng.per_replica_batch, rng.num_replicas)
-        ws_other = self._broadcast(net.mapping(other.normal([self.z_dim], "sample/z"), labels))
+        ws_other = self._broadcast(net.mapping(self.sample_latent(other), labels))
         layer = int(settings["mix_layer"])
         ws = tf.concat([ws[:, :layer], ws_other[:, layer:]], axis=1)
       noises = self.sample_noises(net, rng)
@@ -403,7 +403,7 @@ class StyleGAN2(base.GenerativeModel):
     return {"min": 0.0, "max": 2.0} if name == "truncation" else {}
 
   def serve(self, rng, labels=None, ema=True, truncation=1.0):
-    return self.from_latent(rng.normal([self.z_dim], "sample/z"), rng, labels, ema=ema, truncation=truncation)
+    return self.from_latent(self.sample_latent(rng), rng, labels, ema=ema, truncation=truncation)
 
   def from_latent(self, z, rng=None, labels=None, ema=True, truncation=1.0):
     net = self.generator_ema if ema else self.generator
