@@ -173,7 +173,9 @@ def test_a_dead_worker_stops_the_launcher_with_an_error_naming_it():
                                sys.executable, "-c", _STAND_IN], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
   try:
-    output, _ = _lines_until(launcher.stdout, lambda l: l.startswith("[worker 0] step "))  # the workers run
+    # Wait for the victim's own line: until it prints, worker 1 may still be between fork and exec, where its
+    # environment (TF_CONFIG, which worker_pid reads) is not yet its own.
+    output, _ = _lines_until(launcher.stdout, lambda l: l.startswith("[worker 1] step "))
     victim = worker_pid(launcher.pid, 1)
     assert victim, "".join(output[-20:])
     os.kill(victim, signal.SIGKILL)
