@@ -15,13 +15,13 @@ ENV PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
 WORKDIR /opt/genscale
-COPY setup.py setup.cfg README.md LICENSE NOTICE ./
+COPY setup.py setup.cfg README.md LICENSE NOTICE constraints.txt ./
 COPY genscale/ genscale/
 COPY launch/ launch/
 COPY models/ models/
 COPY pipelines/ pipelines/
 COPY evaluation/ evaluation/
-RUN pip install ".${EXTRA:+[$EXTRA]}" && python -c "import genscale, launch, models, pipelines, evaluation"
+RUN pip install -c constraints.txt ".${EXTRA:+[$EXTRA]}" && python -c "import genscale, launch, models, pipelines, evaluation"
 
 # Run from a directory of its own: --config=dcgan:cpu finds the packaged config files from anywhere.
 WORKDIR /work

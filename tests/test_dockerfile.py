@@ -48,7 +48,7 @@ def test_the_dockerfile_is_well_formed_and_copies_what_setup_installs():
   ignored = [line.strip() for line in open(os.path.join(ROOT, ".dockerignore")) if line.strip()]
   assert not [c for c in copied for pattern in ignored if fnmatch.fnmatch(c, pattern)]
   install = " ".join(args for name, args in steps if name == "RUN")
-  assert 'pip install ".${EXTRA:+[$EXTRA]}"' in install
+  assert 'pip install -c constraints.txt ".${EXTRA:+[$EXTRA]}"' in install  # the tested versions
   extras = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
   assert '"gpu": [' in extras  # the EXTRA the Dockerfile's header documents
 
