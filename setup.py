@@ -18,7 +18,7 @@ with open(os.path.join(HERE, "genscale", "__init__.py")) as f:
 TENSORFLOW = os.environ.get("GENSCALE_TENSORFLOW", "tensorflow>=2.21,<2.22")
 
 install_requires = [
-    # Every lower bound here is the version CI installs (constraints.txt), so each one is tested; a package without
+    # Every lower bound in this list is the version CI installs (constraints.txt), so each one is tested; a package without
     # a bound has had no older version tested (BUILD.md, "Dependency versions").
     # launch/checkpoints.py patches a private Keras module (keras.src.backend.tensorflow.core): hence the upper bound.
     "keras>=3.15.1,<3.16",

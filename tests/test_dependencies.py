@@ -35,10 +35,14 @@ def _tensorflow():
   return Requirement(default)
 
 
+def _requirements():
+  """genscale's own requirements (not the extras'), each with its canonical name."""
+  return [(canonicalize_name(r.name), r) for r in _install_requires() + [_tensorflow()]]
+
+
 def test_ci_pins_a_version_of_every_requirement_inside_its_declared_range():
   pins = _pins("constraints.txt")
-  for requirement in _install_requires() + [_tensorflow()]:
-    name = canonicalize_name(requirement.name)
+  for name, requirement in _requirements():
     assert name in pins, f"constraints.txt pins no version of {requirement.name}"
     assert requirement.specifier.contains(pins[name]), f"constraints.txt's {name}=={pins[name]} is outside {requirement}"
 
@@ -46,8 +50,7 @@ def test_ci_pins_a_version_of_every_requirement_inside_its_declared_range():
 def test_every_stated_lower_bound_is_the_version_ci_tests():
   # A lower bound is a claim that the version works; CI runs exactly the pinned versions, so only those are proven.
   pins = _pins("constraints.txt")
-  for requirement in _install_requires() + [_tensorflow()]:
+  for name, requirement in _requirements():
     lower = [s.version for s in requirement.specifier if s.operator == ">="]
     if lower:
-      name = canonicalize_name(requirement.name)
       assert Version(pins[name]) == Version(lower[0]), f"setup.py says {requirement}; CI tests {name}=={pins[name]}"
