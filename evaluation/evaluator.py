@@ -10,14 +10,16 @@ every replica, scores them, appends a line to ``<workdir>/metrics.jsonl`` and re
 Config keys (all optional):
   eval_every              steps between evaluations during training; 0 = off (read by the training loop)
   eval_num                generated images per evaluation (10,000)
-  eval_metrics            comma-separated: fid, kid, is, pr, nll ("fid,kid"); nll: the held-out likelihood bounds
-                          of models that have one (evaluation/likelihood.py)
+  eval_metrics            comma-separated: fid, kid, is, pr, nll ("fid,kid"); nll: the held-out likelihood (exact,
+                          a bound or an estimate) of models that have one (evaluation/likelihood.py)
   eval_extractor          classifier | inception ("classifier")
   eval_inception_weights  path of the Inception weights, for eval_extractor=inception
   eval_data               reference data spec (default: the run's ``data``)
   eval_batch_size         images per compiled call (64)
   eval_nll_samples        importance samples k of the IWAE bound (64)
   eval_nll_data           held-out data of the likelihood (default: the test split of the run's data)
+  eval_ais_runs           AIS runs of an energy model's log Z (100)
+  eval_ais_betas          AIS intermediate distributions (14,500)
 
 Reference statistics depend on the data spec, resolution, channels, number of images, the extractor (name,
 weights fingerprint, input size, resize filter), the number of features kept and the IS splits. They are cached
@@ -67,7 +69,8 @@ def parse_metrics(text, flag="--metrics"):
 # EvalSettings fields that a run's config sets, and their config keys.
 CONFIG_KEYS = {"num": "eval_num", "metrics": "eval_metrics", "extractor": "eval_extractor",
                "inception_weights": "eval_inception_weights", "data": "eval_data", "batch_size": "eval_batch_size",
-               "nll_samples": "eval_nll_samples", "nll_data": "eval_nll_data"}
+               "nll_samples": "eval_nll_samples", "nll_data": "eval_nll_data", "ais_runs": "eval_ais_runs",
+               "ais_betas": "eval_ais_betas"}
 
 
 @dataclasses.dataclass
@@ -92,6 +95,8 @@ class EvalSettings:
   nll_samples: int = 64  # IWAE's k; 5,000 in Burda et al.
   nll_data: Optional[str] = None  # held-out data of the likelihood; None: the test split of the run's data
   nll_num: Optional[int] = None  # at most this many held-out images; None: all
+  ais_runs: int = 100  # AIS runs for an energy model's log Z (Salakhutdinov & Murray 2008: 100)
+  ais_betas: int = 14_500  # AIS intermediate distributions (the paper's 14,500)
   config_named: tuple = ()  # fields the user sets through the config: messages name --config.eval_* for them
 
   @classmethod
@@ -125,6 +130,9 @@ class EvalSettings:
             "--kid_subsets must be at least 1 and --kid_subset_size at least 2")
     require(int(self.pr_k) >= 1, f"--pr_k={self.pr_k} must be at least 1")
     require(int(self.nll_samples) >= 1, f"{self.flag('nll_samples')}={self.nll_samples} must be at least 1")
+    require(int(self.ais_runs) >= 2, f"{self.flag('ais_runs')}={self.ais_runs} must be at least 2 (the band needs "
+            "a spread)")
+    require(int(self.ais_betas) >= 2, f"{self.flag('ais_betas')}={self.ais_betas} must be at least 2")
     if self.needs_features:
       need = int(self.pr_k) + 1 if "pr" in self.metrics else 2
       require(int(self.keep) >= need, f"--keep={self.keep}: KID and precision/recall need at least {need} features")
@@ -178,9 +186,10 @@ def compute_metrics(settings, reference, generated, what="generated", show_progr
 
 
 def scalar_tags(values, extractor):
-  """{"fid": v} -> {"eval/fid_classifier": v}: the TensorBoard tags. Likelihoods (nll_*, bpd_*) don't depend on
-  the extractor: {"nll_iwae": v} -> {"eval/nll_iwae": v}."""
-  return {f"eval/{name}" if name.startswith(("nll_", "bpd_")) else f"eval/{name}_{extractor}": float(v)
+  """{"fid": v} -> {"eval/fid_classifier": v}: the TensorBoard tags. Likelihoods (nll_*, bpd_*, pseudo_nll, an
+  RBM's log_z) don't depend on the extractor: {"nll_iwae": v} -> {"eval/nll_iwae": v}."""
+  independent = ("nll_", "bpd_", "pseudo_nll", "log_z")
+  return {f"eval/{name}" if name.startswith(independent) else f"eval/{name}_{extractor}": float(v)
           for name, v in values.items()}
 
 
@@ -357,7 +366,8 @@ class Evaluator:
       values, nll_extra = likelihood.evaluate(
           self.runtime, self.model, s.nll_data or likelihood.heldout_spec(self.data), self.resolution,
           self.channels, s.nll_samples, num=s.nll_num, batch_size=s.batch_size, seed=s.seed,
-          input_options=self.config.get("input", None), show_progress=self.show_progress)
+          input_options=self.config.get("input", None), show_progress=self.show_progress, ais_runs=s.ais_runs,
+          ais_betas=s.ais_betas)
       extra.update(nll_extra)
     generated = None
     if s.image_metrics:

@@ -13,6 +13,7 @@ evaluating so far, and returns them as ``perf/eval_sec`` and ``perf/eval_fractio
 import time
 
 from evaluation import evaluator as evaluator_lib
+from evaluation import likelihood
 from genscale.errors import require
 
 
@@ -69,7 +70,7 @@ class PeriodicEvaluation:
                       for name, value in record["metrics"].items() if not name.endswith("_std"))
     scored = [f"{record['num']} images, {self.evaluator.extractor.name}"] if record["num"] else []
     if record.get("nll_data"):
-      scored.append(f"{record['nll_count']} held-out images, k={record['nll_samples']}")
+      scored.append(f"{record['nll_count']} held-out images, {likelihood.describe(record)}")
     self.print(f"eval step {step}: {scores} ({'; '.join(scored)}) "
                f"in {seconds:.1f}s; evaluation is {100 * fraction:.1f}% of this process's {elapsed:.0f}s")
     for message in self.evaluator.warnings:

@@ -25,7 +25,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 flags.DEFINE_string("workdir", None, "Run directory (local or gs://); optional with --compare_data.")
 flags.DEFINE_string("metrics", "fid,kid", "Comma-separated metrics: fid, kid, is (Inception Score), pr "
-                    "(precision/recall), nll (held-out negative ELBO and IWAE bound, models with a likelihood).")
+                    "(precision/recall), nll (held-out likelihood in nats: exact, a bound or an AIS estimate, by model).")
 flags.DEFINE_integer("num", 10_000, "Generated images (published FIDs use 50000).")
 flags.DEFINE_string("extractor", "classifier", "Feature network: classifier | inception.")
 flags.DEFINE_string("inception_weights", None, "For --extractor=inception: classify_image_graph_def.pb (from "
@@ -53,6 +53,10 @@ flags.DEFINE_bool("ema", True, "Use the EMA generator weights.")
 flags.DEFINE_integer("nll_samples", 64, "nll: importance samples k of the IWAE bound (Burda et al. use 5000).")
 flags.DEFINE_string("nll_data", None, "nll: held-out data spec; default the test split of the run's data.")
 flags.DEFINE_integer("nll_num", None, "nll: at most this many held-out images; default all.")
+flags.DEFINE_integer("ais_runs", 100, "nll of an energy model (RBM): AIS runs for log Z (Salakhutdinov & "
+                     "Murray 2008 use 100).")
+flags.DEFINE_integer("ais_betas", 14_500, "nll of an energy model: AIS intermediate distributions (the paper's "
+                     "14500).")
 flags.DEFINE_string("strategy", "auto", "runtime.strategy for evaluation.")
 flags.DEFINE_integer("cpu_replicas", 1, "Logical CPU devices (MirroredStrategy on a CPU when > 1).")
 flags.DEFINE_string("precision", None, "runtime.precision of the generator; default the run's. Features are "
@@ -73,7 +77,8 @@ def main(argv):
       resize=FLAGS.resize, data=FLAGS.data, reference=FLAGS.reference, reference_num=FLAGS.reference_num,
       batch_size=FLAGS.batch_size, seed=FLAGS.seed, keep=FLAGS.keep, kid_subsets=FLAGS.kid_subsets,
       kid_subset_size=FLAGS.kid_subset_size, is_splits=FLAGS.is_splits, pr_k=FLAGS.pr_k, ema=FLAGS.ema,
-      nll_samples=FLAGS.nll_samples, nll_data=FLAGS.nll_data, nll_num=FLAGS.nll_num)
+      nll_samples=FLAGS.nll_samples, nll_data=FLAGS.nll_data, nll_num=FLAGS.nll_num, ais_runs=FLAGS.ais_runs,
+      ais_betas=FLAGS.ais_betas)
   settings.validate()  # before anything slow
   from launch import scoring as command  # pylint: disable=g-import-not-at-top
   runtime_options = dict(strategy=FLAGS.strategy, cpu_replicas=FLAGS.cpu_replicas, precision=FLAGS.precision,

@@ -15,6 +15,7 @@ import sys
 import ml_collections
 import tensorflow as tf
 
+from evaluation import likelihood
 from evaluation.evaluator import Evaluator
 from genscale.errors import require
 from launch import rundir
@@ -45,10 +46,12 @@ def write_scalars(workdir, step, scalars):
 def format_results(header, values):
   """The printed report: a header line, then one indented line per score ("  fid        12.3")."""
   lines = [header]
-  for name in ("fid", "kid", "is", "precision", "recall", "nll_elbo", "nll_iwae", "bpd_elbo", "bpd_iwae"):
+  for name in ("fid", "kid", "is", "precision", "recall", "nll_exact", "nll_elbo", "nll_iwae", "nll_ais",
+               "nll_ais_low", "nll_ais_high", "log_z", "pseudo_nll", "bpd_exact", "bpd_elbo", "bpd_iwae", "bpd_ais"):
     if name in values:
       spread = values.get(f"{name}_std")
-      unit = " nats/image" if name.startswith("nll") else " bits/dim" if name.startswith("bpd") else ""
+      unit = (" nats/image" if name.startswith(("nll", "pseudo_nll")) else " bits/dim" if name.startswith("bpd")
+              else " nats" if name == "log_z" else "")
       lines.append(f"  {name:<10} {values[name]:.6g}{unit}" + ("" if spread is None else f" ± {spread:.2g}"))
   return "\n".join(lines)
 
@@ -64,7 +67,7 @@ def _report(evaluator, what, at, stream):
   if record.get("nll_data"):
     bits = f", binarised with seed {record['binarization_seed']}" if record.get("binarization_seed") else ""
     parts.append(f"likelihood of {record['nll_count']} images of {record['nll_data']}{bits}, "
-                 f"IWAE with k={record['nll_samples']}")
+                 f"{likelihood.describe(record)}")
   stream.write(format_results(f"{at}{'; '.join(parts)}", record["metrics"]) + "\n")
   stream.flush()
 

@@ -63,3 +63,9 @@ def _load_builtin():
   register("ae", autoencoder.resolve_ae, autoencoder.Autoencoder)
   register("vae", autoencoder.resolve_vae, autoencoder.VAE)  # Kingma & Welling 2014 (+ β-VAE, conditional)
   register("vqvae", autoencoder.resolve_vqvae, autoencoder.VQVAE)  # van den Oord et al. 2017
+  from models import classic  # pylint: disable=g-import-not-at-top
+  register("mixture", classic.resolve_mixture, classic.BernoulliMixture)  # mixture of Bernoullis (exact NLL)
+  register("fvsbn", classic.resolve_fvsbn, classic.FVSBN)  # Neal 1992, Frey 1998 (exact NLL)
+  register("hmm", classic.resolve_hmm, classic.RowHMM)  # Rabiner 1989, over image rows (exact NLL)
+  from models import boltzmann  # pylint: disable=g-import-not-at-top
+  register("rbm", boltzmann.resolve_rbm, boltzmann.RBM)  # Hinton 2002 (CD), Tieleman 2008 (PCD)

@@ -119,6 +119,22 @@ class BatchRng:
     flat = first + tf.range(self.per_replica_batch * per_example, dtype=tf.int64)
     return tf.reshape(flat, [self.per_replica_batch, *shape])
 
+  def per_step(self, shape, stream, kind="normal"):
+    """A function i -> values [b, *shape] for step i of a loop (a sampler's steps, a Gibbs chain's sweeps).
+
+    Step i's values are block i of one draw of shape [steps, global_batch, *shape] (this replica's counters offset
+    by i blocks), so they are the same on one device and on many, and i may be a tensor inside a while loop.
+    ``kind``: "normal" (standard normal) or "uniform" ([0, 1)).
+    """
+    draw = {"normal": normal_values, "uniform": uniform_values}[kind]
+    counters = self._counters(shape)
+    block = self.global_batch * _size(shape)
+
+    def values(i):
+      return draw(self.key, stream, counters + tf.cast(i, tf.int64) * block)
+
+    return values
+
   def normal(self, shape, stream, dtype=tf.float32):
     """Standard normal values of shape [b, *shape]."""
     return tf.cast(normal_values(self.key, stream, self._counters(shape)), dtype)

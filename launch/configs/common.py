@@ -85,6 +85,8 @@ def base():
   c.eval_batch_size = 64  # images per compiled evaluation call
   c.eval_nll_samples = 64  # nll: importance samples k of the IWAE bound (Burda et al. use 5,000)
   c.eval_nll_data = ml_collections.config_dict.placeholder(str)  # nll: held-out data; default the test split
+  c.eval_ais_runs = 100  # nll of an energy model (RBM): AIS runs for log Z
+  c.eval_ais_betas = 14_500  # nll of an energy model: AIS intermediate distributions
   c.runtime = runtime()
   c.model = ml_collections.ConfigDict()
   return c

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from genscale.errors import UserError
 from models import base
+from models import binary
 from models.autoencoder import bounds
 from models.autoencoder import networks
 
@@ -125,6 +126,7 @@ class VAE(base.GenerativeModel):
 
   shape_keys = ("latent_dim", "widths", "likelihood", "conditional")
   samples_from_prior = True
+  likelihood_method = "iwae"  # evaluation/likelihood.py: negative ELBO and IWAE bounds
 
   def __init__(self, config, info, hardware):
     super().__init__(name="vae")
@@ -174,9 +176,8 @@ class VAE(base.GenerativeModel):
     """Training targets: for Bernoulli pixels, a fresh binarisation (dynamic) or the intensities."""
     if self.likelihood != "bernoulli":
       return images
-    p = (images + 1.0) / 2.0
     if self.dynamic_binarization:
-      return tf.where(rng.uniform(images.shape[1:], "vae/binarize") < p, 1.0, -1.0)
+      return binary.dynamic_binarize(images, rng, "vae/binarize")
     return images
 
   # ---- training

@@ -28,30 +28,14 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from genscale.random import normal_values
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 
 
 def step_noise(rng, shape, stream):
-  """A function i -> standard normal [b, *shape] for step i, from a BatchRng.
-
-  Step i's values are block i of one draw of shape [steps, global_batch, *shape] (the counters of the per-example
-  draw, offset by i blocks), so a step's noise is the same on one device and on many, and i may be a tensor
-  inside a while loop.
-  """
-  size = 1
-  for s in shape:
-    size *= int(s)
-  first = tf.cast(rng.replica_id, tf.int64) * (rng.per_replica_batch * size)
-  counters = tf.reshape(first + tf.range(rng.per_replica_batch * size, dtype=tf.int64),
-                        [rng.per_replica_batch, *shape])
-  block = rng.global_batch * size
-
-  def noise(i):
-    return normal_values(rng.key, stream, counters + tf.cast(i, tf.int64) * block)
-
-  return noise
+  """A function i -> standard normal [b, *shape] for step i, from a BatchRng (``BatchRng.per_step``): the same on
+  one device and on many, and i may be a tensor inside a while loop."""
+  return rng.per_step(shape, stream, "normal")
 
 
 def classifier_free_guidance(conditional, unconditional, guidance):
