@@ -10,8 +10,9 @@ every replica, scores them, appends a line to ``<workdir>/metrics.jsonl`` and re
 Config keys (all optional):
   eval_every              steps between evaluations during training; 0 = off (read by the training loop)
   eval_num                generated images per evaluation (10,000)
-  eval_metrics            comma-separated: fid, kid, is, pr, nll ("fid,kid"); nll: the held-out likelihood (exact,
-                          a bound or an estimate) of models that have one (evaluation/likelihood.py)
+  eval_metrics            comma-separated: fid, kid, is, pr, nll, error ("fid,kid"); nll: the held-out likelihood
+                          (exact, a bound or an estimate) of models that have one (evaluation/likelihood.py);
+                          error: the held-out error of a model that classifies (evaluation/classification.py)
   eval_extractor          classifier | inception ("classifier")
   eval_inception_weights  path of the Inception weights, for eval_extractor=inception
   eval_data               reference data spec (default: the run's ``data``)
@@ -42,6 +43,7 @@ from typing import Optional
 from absl import logging
 import tensorflow as tf
 
+from evaluation import classification
 from evaluation import extractors as extractors_lib
 from evaluation import likelihood
 from evaluation import metrics as metrics_lib
@@ -52,8 +54,10 @@ from genscale.errors import UserError, require
 from genscale.progress import Progress
 import pipelines
 
-METRICS = ("fid", "kid", "is", "pr", "nll")
-LIKELIHOOD_METRICS = ("nll",)  # scored on held-out data, not on samples (evaluation/likelihood.py)
+METRICS = ("fid", "kid", "is", "pr", "nll", "error")
+# Scored on held-out data, not on samples: the likelihood (evaluation/likelihood.py) and a classifier's error
+# (evaluation/classification.py).
+LIKELIHOOD_METRICS = ("nll", "error")
 REFERENCE_FORMAT = 1
 
 
@@ -142,7 +146,7 @@ class EvalSettings:
 
   @property
   def image_metrics(self):
-    """The metrics scored on generated images (all but the likelihood)."""
+    """The metrics scored on generated images (all but the held-out ones)."""
     return tuple(m for m in self.metrics if m not in LIKELIHOOD_METRICS)
 
   @property
@@ -188,7 +192,7 @@ def compute_metrics(settings, reference, generated, what="generated", show_progr
 def scalar_tags(values, extractor):
   """{"fid": v} -> {"eval/fid_classifier": v}: the TensorBoard tags. Likelihoods (nll_*, bpd_*, pseudo_nll, an
   RBM's log_z) don't depend on the extractor: {"nll_iwae": v} -> {"eval/nll_iwae": v}."""
-  independent = ("nll_", "bpd_", "pseudo_nll", "log_z")
+  independent = ("nll_", "bpd_", "pseudo_nll", "log_z", "error")
   return {f"eval/{name}" if name.startswith(independent) else f"eval/{name}_{extractor}": float(v)
           for name, v in values.items()}
 
@@ -261,6 +265,8 @@ class Evaluator:
     self.runner = FeatureRunner(runtime, self.extractor, s.batch_size)
     if model is not None and "nll" in s.metrics:
       likelihood.check_model(model)
+    if model is not None and "error" in s.metrics:
+      classification.check_model(model)
     if model is not None and s.image_metrics and not model.samples_from_prior:
       raise UserError(f"{s.flag('metrics')}={','.join(s.image_metrics)} scores samples, and "
                       f"{type(model).__name__} has no prior to sample from; use nll (if it has a likelihood) or a "
@@ -369,6 +375,13 @@ class Evaluator:
           input_options=self.config.get("input", None), show_progress=self.show_progress, ais_runs=s.ais_runs,
           ais_betas=s.ais_betas)
       extra.update(nll_extra)
+    if "error" in s.metrics:
+      error, error_extra = classification.evaluate(
+          self.runtime, self.model, s.nll_data or likelihood.heldout_spec(self.data), self.resolution,
+          self.channels, num=s.nll_num, batch_size=s.batch_size, input_options=self.config.get("input", None),
+          show_progress=self.show_progress)
+      values.update(error)
+      extra.update(error_extra)
     generated = None
     if s.image_metrics:
       if s.needs_reference:

@@ -68,22 +68,18 @@ class Bounds:
   def summary(self):
     """{name: value}: nats per image (negated bounds, so lower is better), bits/dim, standard errors over the
     examples."""
-    n = len(self.elbo)
-    nats = {"nll_elbo": -self.elbo, "nll_iwae": -self.iwae}
     out = {}
-    for name, values in nats.items():
-      out[name] = float(values.mean())
-      out[f"{name}_std"] = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-      out[name.replace("nll", "bpd")] = float(values.mean() / (self.dims * math.log(2.0)))
+    for name, values in {"nll_elbo": -self.elbo, "nll_iwae": -self.iwae}.items():
+      out.update(per_image(name, values, self.dims))
     return out
 
 
-# How a model's held-out likelihood is obtained (the model's ``likelihood_method``), as the report names it.
-METHODS = {"iwae": "bound (negative ELBO and IWAE)", "exact": "exact", "ais": "AIS estimate of log Z"}
+# How a model's held-out likelihood is obtained: its ``likelihood_method`` (module docstring).
+METHODS = ("iwae", "exact", "ais")
 
 
 def method_of(model):
-  """The model's likelihood method (a key of METHODS), or None for a model without a likelihood."""
+  """The model's likelihood method (one of METHODS), or None for a model without a likelihood."""
   return getattr(model, "likelihood_method", None)
 
 
@@ -98,12 +94,11 @@ class LikelihoodRunner:
 
   Args:
     runtime: the Runtime the model was built with.
-    model: a model with a likelihood (see module docstring).
+    model: the model (with a likelihood, for ``bounds``; see module docstring).
     batch_size: examples per call; rounded up to a multiple of the replicas.
   """
 
   def __init__(self, runtime, model, batch_size=64):
-    check_model(model)
     self.runtime = runtime
     self.model = model
     replicas = runtime.num_replicas
@@ -148,10 +143,12 @@ class LikelihoodRunner:
   def _labels(self, labels):
     return labels if getattr(self.model, "num_classes", 0) else None
 
-  def per_example(self, name, images, labels, show_progress=False):
-    """The model's method ``name`` (x, labels) -> [b] on every example, as float64 numpy [n]."""
+  def per_example(self, name, images, labels, show_progress=False, with_labels=False):
+    """The model's method ``name`` (x, labels) -> [b] on every example, as float64 numpy [n]. The labels go to
+    the method when the model is conditional, or always ``with_labels``."""
     method = getattr(self.model, name)
-    call = self._distributed(name, lambda x, labels, key, replica_id: (method(x, self._labels(labels)),))
+    call = self._distributed(name, lambda x, labels, key, replica_id: (
+        method(x, labels if with_labels else self._labels(labels)),))
     progress = Progress(images.shape[0], f"likelihood ({name})", unit="img") if show_progress else None
     values = []
     for _, x, y, real in self._batches(images, labels):
@@ -194,15 +191,12 @@ class LikelihoodRunner:
     return Bounds(np.concatenate(elbo), np.concatenate(iwae), samples, int(np.prod(images.shape[1:])))
 
 
-def _mean_and_error(values):
-  """Mean and standard error over examples of per-example values."""
-  n = len(values)
-  return float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-
-
 def per_image(name, nats, dims):
-  """{name: mean nats per image, name_std: its standard error, bpd: bits per dimension} of per-example ``nats``."""
-  mean, error = _mean_and_error(nats)
+  """{name: mean nats per image, name_std: its standard error over the examples, bpd: bits per dimension} of
+  per-example ``nats`` (numpy [n])."""
+  n = len(nats)
+  mean = float(nats.mean())
+  error = float(nats.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
   return {name: mean, f"{name}_std": error, name.replace("nll", "bpd"): mean / (dims * math.log(2.0))}
 
 

@@ -25,7 +25,8 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 flags.DEFINE_string("workdir", None, "Run directory (local or gs://); optional with --compare_data.")
 flags.DEFINE_string("metrics", "fid,kid", "Comma-separated metrics: fid, kid, is (Inception Score), pr "
-                    "(precision/recall), nll (held-out likelihood in nats: exact, a bound or an AIS estimate, by model).")
+                    "(precision/recall), nll (held-out likelihood in nats: exact, a bound or an AIS estimate, by model), "
+                    "error (held-out error of a model that classifies: a fine-tuned DBN).")
 flags.DEFINE_integer("num", 10_000, "Generated images (published FIDs use 50000).")
 flags.DEFINE_string("extractor", "classifier", "Feature network: classifier | inception.")
 flags.DEFINE_string("inception_weights", None, "For --extractor=inception: classify_image_graph_def.pb (from "

@@ -46,7 +46,7 @@ def write_scalars(workdir, step, scalars):
 def format_results(header, values):
   """The printed report: a header line, then one indented line per score ("  fid        12.3")."""
   lines = [header]
-  for name in ("fid", "kid", "is", "precision", "recall", "nll_exact", "nll_elbo", "nll_iwae", "nll_ais",
+  for name in ("fid", "kid", "is", "precision", "recall", "error", "nll_exact", "nll_elbo", "nll_iwae", "nll_ais",
                "nll_ais_low", "nll_ais_high", "log_z", "pseudo_nll", "bpd_exact", "bpd_elbo", "bpd_iwae", "bpd_ais"):
     if name in values:
       spread = values.get(f"{name}_std")
@@ -68,6 +68,8 @@ def _report(evaluator, what, at, stream):
     bits = f", binarised with seed {record['binarization_seed']}" if record.get("binarization_seed") else ""
     parts.append(f"likelihood of {record['nll_count']} images of {record['nll_data']}{bits}, "
                  f"{likelihood.describe(record)}")
+  if record.get("error_data"):
+    parts.append(f"classification error on {record['error_count']} images of {record['error_data']}")
   stream.write(format_results(f"{at}{'; '.join(parts)}", record["metrics"]) + "\n")
   stream.flush()
 

@@ -69,3 +69,4 @@ def _load_builtin():
   register("hmm", classic.resolve_hmm, classic.RowHMM)  # Rabiner 1989, over image rows (exact NLL)
   from models import boltzmann  # pylint: disable=g-import-not-at-top
   register("rbm", boltzmann.resolve_rbm, boltzmann.RBM)  # Hinton 2002 (CD), Tieleman 2008 (PCD)
+  register("dbn", boltzmann.resolve_dbn, boltzmann.DBN)  # Hinton, Osindero & Teh 2006

@@ -39,6 +39,10 @@ class InputOptions:
   tfds_download: bool = True  # let TFDS download and prepare a dataset that isn't there yet
   image_key: str = "image"  # TFDS feature names
   label_key: str = "label"
+  # Semi-supervised runs: only N examples keep their labels in training batches, spread evenly over the classes
+  # (the first of each class in the source's fixed order); every other example has label -1 (unlabelled).
+  # None: every label. Reads the source into memory, like cache.
+  labelled: Optional[int] = None
 
   @classmethod
   def from_config(cls, section):
@@ -50,6 +54,8 @@ class InputOptions:
     options = cls(**values)
     require(options.crop in transforms.CROP_MODES,
             f"unknown --config.input.crop={options.crop!r}: choose one of {', '.join(transforms.CROP_MODES)}")
+    require(options.labelled is None or int(options.labelled) >= 0,
+            f"--config.input.labelled={options.labelled} must be a number of examples (or unset: every label)")
     return options
 
 
@@ -95,7 +101,7 @@ class Source:
   def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
     resolution = transforms.parse_resolution(resolution)
     self.check_resolution(resolution)
-    if self.options.cache:
+    if self.options.cache or self.options.labelled is not None:
       return self._in_memory(resolution, channels).dataset(layout, seed=seed, start_step=start_step,
                                                            resolution=resolution, channels=channels, flip=flip,
                                                            shuffle=shuffle)
@@ -139,9 +145,22 @@ class ArraySource(Source):
                          channels=int(images.shape[3]), num_classes=len(label_names),
                          label_names=tuple(label_names), width=int(images.shape[2]))
 
+  def training_labels(self):
+    """The labels training batches carry: every label, or with ``input.labelled`` = N, N of them spread evenly
+    over the classes (class k keeps its first N // K, the first N % K classes one more) and -1 for the rest."""
+    if self.options.labelled is None:
+      return self.labels
+    classes = np.unique(self.labels)
+    per_class, extra = divmod(int(self.options.labelled), len(classes))
+    keep = np.zeros(len(self.labels), bool)
+    for k, label in enumerate(classes):
+      where = np.flatnonzero(self.labels == label)
+      keep[where[:per_class + (k < extra)]] = True
+    return np.where(keep, self.labels, -1).astype(np.int32)
+
   def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
     resolution = transforms.parse_resolution(resolution)
-    return input_lib.indexed_batches(self.images, self.labels, layout, seed=seed, start_step=start_step,
+    return input_lib.indexed_batches(self.images, self.training_labels(), layout, seed=seed, start_step=start_step,
                                      transform=model_transform(resolution, channels, self.options.crop),
                                      shuffle=shuffle, flip=flip)
 

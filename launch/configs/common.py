@@ -42,6 +42,7 @@ def input_options():
   i.tfds_download = True
   i.image_key = "image"
   i.label_key = "label"
+  i.labelled = ml_collections.config_dict.placeholder(int)  # keep N labels, even over the classes (others -1)
   return i
 
 

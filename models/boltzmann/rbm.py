@@ -52,11 +52,12 @@ class ScheduledMomentumSGD(keras.optimizers.SGD):
     return {**super().get_config(), "initial_momentum": self.initial_momentum, "switch_step": self.switch_step}
 
 
-def optimizer(config):
-  m = config.model
+def optimizer(model_config, steps):
+  """The RBM's SGD for a training of ``steps`` steps (the learning rate's linear decay reaches 0 at the last)."""
+  m = model_config
   rate = float(m.lr)
-  if m.lr_decay == "linear":  # to 0 at the run's last step (Tieleman 2008 decays PCD's rate to 0)
-    rate = keras.optimizers.schedules.PolynomialDecay(rate, int(config.steps), end_learning_rate=0.0, power=1.0)
+  if m.lr_decay == "linear":  # to 0 at the last step (Tieleman 2008 decays PCD's rate to 0)
+    rate = keras.optimizers.schedules.PolynomialDecay(rate, int(steps), end_learning_rate=0.0, power=1.0)
   return ScheduledMomentumSGD(rate, float(m.momentum), float(m.initial_momentum), int(m.momentum_steps))
 
 
@@ -64,6 +65,90 @@ def log_odds(sums, count):
   """Smoothed log-odds of pixel means from their sums over ``count`` images."""
   p = (sums + _SMOOTHING) / (count + 2.0 * _SMOOTHING)
   return tf.math.log(p) - tf.math.log1p(-p)
+
+
+class Layer(tf.Module):
+  """One RBM's variables (weights from N(0, ``init_std``²), zero biases), the sums of the inputs it has seen, which
+  give its visible biases' start (the log-odds of the first global batch's means; Hinton 2010, 8.1) and AIS's
+  base-rate model, and for persistent CD its chains: one per example of the global batch (``chains``; 0 for CD).
+  Created under the strategy's scope, like every model variable."""
+
+  def __init__(self, visible, hidden, init_std, seed, name, chains=0):
+    super().__init__(name=name)
+    key = tf.constant([int(seed), 0x2B3], tf.int64)
+    self.weights = tf.Variable(tf.random.stateless_normal([visible, hidden], key, stddev=float(init_std)),
+                               name="weights")
+    self.visible_bias = tf.Variable(tf.zeros([visible]), name="visible_bias")
+    self.hidden_bias = tf.Variable(tf.zeros([hidden]), name="hidden_bias")
+    self.input_sums = base.state_variable(tf.zeros([visible]), "input_sums")
+    self.input_count = base.state_variable(0.0, "input_count")
+    self.persistent = chains > 0
+    self.chains = base.state_variable(tf.zeros([chains, visible] if self.persistent else [0]), "chains")
+
+  def params(self, dtype):
+    return energy.Parameters(self.weights, self.visible_bias, self.hidden_bias, dtype)
+
+  @property
+  def trainables(self):
+    return [self.weights, self.visible_bias, self.hidden_bias]
+
+  def chain_start(self, v, rng):
+    """Where this replica's negative chains start: its rows of the persistent chains (once they exist), or the
+    data v (CD, and PCD's first step)."""
+    if not self.persistent:
+      return v
+    first = tf.cast(rng.replica_id, tf.int32) * rng.per_replica_batch
+    mine = tf.slice(self.chains, [first, 0], [rng.per_replica_batch, int(self.chains.shape[1])])
+    return tf.where(self.input_count > 0, mine, v)
+
+  def statistics(self, prefix, v, negative, rng):
+    """This replica's input sums and count, and its chains' new states as global rows, as ``Statistic``s for
+    ``update``."""
+    out = {f"{prefix}/input_sums": base.Statistic(tf.reduce_sum(v, axis=0)),
+           f"{prefix}/input_count": base.Statistic(tf.cast(tf.shape(v)[0], tf.float32))}
+    if self.persistent:
+      out[f"{prefix}/chains"] = base.Statistic(rng.global_rows(negative))
+    return out
+
+  def update(self, prefix, metrics):
+    """Between steps: adds the global batch's input sums; after the first step, sets the visible biases; keeps the
+    chains' new states."""
+    first = self.input_count <= 0
+    self.input_sums.assign_add(metrics[f"{prefix}/input_sums"])
+    self.input_count.assign_add(metrics[f"{prefix}/input_count"])
+    self.visible_bias.assign(tf.where(first, log_odds(self.input_sums, self.input_count), self.visible_bias))
+    if self.persistent:
+      self.chains.assign(metrics[f"{prefix}/chains"])
+
+  def train(self, v, rng, prefix, stream, sweeps, weight_cost, dtype):
+    """CD-k or PCD-k of this RBM on one replica's inputs v [b, D]: (loss [b], metrics named "<prefix>/...")."""
+    loss, negative, values = contrastive_divergence(self.params(dtype), v, self.chain_start(v, rng), sweeps, rng,
+                                                    stream, weight_cost)
+    metrics = {f"{prefix}/{name}": value for name, value in values.items()}
+    metrics.update(self.statistics(prefix, v, negative, rng))
+    return loss, metrics
+
+  def base_rate_logits(self):
+    """The base-rate model's visible biases: log-odds of the input means seen in training."""
+    return log_odds(self.input_sums, tf.maximum(self.input_count, 1.0))
+
+
+def contrastive_divergence(params, v, start, sweeps, rng, stream, weight_cost):
+  """The CD loss of one replica's examples v [b, D]: F(v) - F(v_negative) + ``weight_cost``/2 |W|², with v_negative
+  ``sweeps`` Gibbs sweeps from ``start`` (v itself for CD-k, chains for PCD), random streams "<stream>/gibbs_h|v".
+
+  Returns (loss [b], v_negative [b, D], {"free_energy_data", "free_energy_negative", "reconstruction_error": [b]}).
+  The reconstruction error is the mean squared difference between v and p(v | h = p(h | v)).
+  """
+  negative = tf.stop_gradient(energy.gibbs(
+      params, start, sweeps, rng.per_step([params.hidden], f"{stream}/gibbs_h", "uniform"),
+      rng.per_step([params.visible], f"{stream}/gibbs_v", "uniform")))
+  f_data, f_negative = energy.free_energy(params, v), energy.free_energy(params, negative)
+  cost = 0.5 * weight_cost * tf.reduce_sum(tf.square(params.weights))
+  reconstruction = energy.visible_probabilities(params, energy.hidden_probabilities(params, v))
+  metrics = {"free_energy_data": f_data, "free_energy_negative": f_negative,
+             "reconstruction_error": tf.reduce_mean(tf.square(reconstruction - v), axis=-1)}
+  return f_data - f_negative + cost, negative, metrics
 
 
 class RBM(base.GenerativeModel):
@@ -79,79 +164,41 @@ class RBM(base.GenerativeModel):
     height = width = int(config.resolution)
     self.image_shape = (height, width, 1)
     self.visible, self.hidden = height * width, int(m.hidden)
-    self.persistent = m.training == "pcd"
     self.gibbs_steps, self.sample_steps, self.strip_every = int(m.gibbs_steps), int(m.sample_steps), int(
         m.strip_every)
     self.weight_cost = float(m.weight_cost)
     self.global_batch = int(config.batch_size)
     self.num_classes = 0
-    key = tf.constant([int(config.seed), 0x2B3], tf.int64)
-    self.weights = tf.Variable(tf.random.stateless_normal([self.visible, self.hidden], key, stddev=float(m.init_std)),
-                               name="weights")
-    self.visible_bias = tf.Variable(tf.zeros([self.visible]), name="visible_bias")
-    self.hidden_bias = tf.Variable(tf.zeros([self.hidden]), name="hidden_bias")
     self.dtype = hardware.compute_dtype
-    # Pixel sums and image count of the training data seen: the visible biases' start and AIS's base-rate model.
-    self.pixel_sums = base.state_variable(tf.zeros([self.visible]), "pixel_sums")
-    self.pixel_count = base.state_variable(0.0, "pixel_count")
-    self.chains = base.state_variable(tf.zeros([self.global_batch, self.visible] if self.persistent else [0]),
-                                      "chains")
-    self.optimizers = {"rbm": optimizer(config)}
+    self.layer = Layer(self.visible, self.hidden, m.init_std, config.seed, "layer",
+                       chains=self.global_batch if m.training == "pcd" else 0)
+    self.optimizers = {"rbm": optimizer(m, config.steps)}
     self.ema_pairs = []
     self._ais = {}
 
   @property
   def params(self):
-    return energy.Parameters(self.weights, self.visible_bias, self.hidden_bias, self.dtype)
+    return self.layer.params(self.dtype)
 
   def likelihood_data(self):
     return "binary"
 
   # ---- training
 
-  def _chain_start(self, v, rng):
-    """Where this replica's negative chains start: its rows of the persistent chains (pcd, once they exist), or
-    the data (cd, and pcd's first step)."""
-    if not self.persistent:
-      return v
-    first = tf.cast(rng.replica_id, tf.int32) * rng.per_replica_batch
-    mine = tf.slice(self.chains, [first, 0], [rng.per_replica_batch, self.visible])
-    return tf.where(self.pixel_count > 0, mine, v)
-
   def loss(self, batch, rng):
     v = binary.to_bits(binary.dynamic_binarize(batch["image"], rng, "rbm/binarize"))
-    params = self.params
-    negative = tf.stop_gradient(energy.gibbs(
-        params, self._chain_start(v, rng), self.gibbs_steps, rng.per_step([self.hidden], "rbm/gibbs_h", "uniform"),
-        rng.per_step([self.visible], "rbm/gibbs_v", "uniform")))
-    f_data, f_negative = energy.free_energy(params, v), energy.free_energy(params, negative)
-    cost = 0.5 * self.weight_cost * tf.reduce_sum(tf.square(self.weights))
-    reconstruction = energy.visible_probabilities(params, energy.hidden_probabilities(params, v))
-    metrics = {"RBM/free_energy_data": f_data, "RBM/free_energy_negative": f_negative,
-               "RBM/reconstruction_error": tf.reduce_mean(tf.square(reconstruction - v), axis=-1),
-               "RBM/pixel_sums": base.Statistic(tf.reduce_sum(v, axis=0)),
-               "RBM/count": base.Statistic(tf.cast(tf.shape(v)[0], tf.float32))}
-    if self.persistent:
-      metrics["RBM/chains"] = base.Statistic(rng.global_rows(negative))
-    return f_data - f_negative + cost, metrics
+    return self.layer.train(v, rng, "RBM", "rbm", self.gibbs_steps, self.weight_cost, self.dtype)
 
   def phases(self, stage):
     del stage
-    return [base.Phase("RBM", "rbm", [self.weights, self.visible_bias, self.hidden_bias], self.loss)]
+    return [base.Phase("RBM", "rbm", self.layer.trainables, self.loss)]
 
   def update_state(self, stage, step, nimg, metrics):
     del stage, step, nimg
-    first = self.pixel_count <= 0
-    self.pixel_sums.assign_add(metrics["RBM/pixel_sums"])
-    self.pixel_count.assign_add(metrics["RBM/count"])
-    # After the first step the visible biases start at the log-odds of its pixel means (Hinton 2010, 8.1).
-    self.visible_bias.assign(tf.where(first, log_odds(self.pixel_sums, self.pixel_count), self.visible_bias))
-    if self.persistent:
-      self.chains.assign(metrics["RBM/chains"])
+    self.layer.update("RBM", metrics)
 
   def base_rate_logits(self):
-    """The base-rate model's visible biases: log-odds of the pixel means seen in training."""
-    return log_odds(self.pixel_sums, tf.maximum(self.pixel_count, 1.0))
+    return self.layer.base_rate_logits()
 
   # ---- likelihood (evaluation/likelihood.py)
 

@@ -52,6 +52,7 @@ FAMILIES = {
     "edm": ("edm", "cpu", {}),  # class-conditional, Heun with churn
     "ddpm": ("ddpm", "cpu", {"model.sampler": "ddim", "model.eta": 0.5}),
     "rbm": ("rbm", "cpu", {"model.hidden": 16}),  # Gibbs chains in the graph
+    "dbn": ("dbn", "cpu", {"model.layers": "16,8"}),  # Gibbs in the top RBM, then a down pass
 }
 
 # What each family's requests set besides the seed: {input: values for seeds 1, 2, 7}.
@@ -198,7 +199,7 @@ def test_signatures_have_the_family_inputs_and_no_forbidden_op(exports):
       "stylegan2": {"seed": tf.int64, "label": tf.int32, "truncation": tf.float32},
       "edm": {"seed": tf.int64, "label": tf.int32, "steps": tf.int32, "guidance": tf.float32},
       "ddpm": {"seed": tf.int64, "label": tf.int32, "steps": tf.int32, "guidance": tf.float32},
-      "rbm": {"seed": tf.int64},
+      "rbm": {"seed": tf.int64}, "dbn": {"seed": tf.int64},
   }
   for name, (run, path) in exports.items():
     loaded = tf.saved_model.load(path)

@@ -130,25 +130,24 @@ def test_persistent_chains_carry_over_from_step_to_step():
   trainer = build_trainer(tiny(training="pcd", gibbs_steps=2))
   model = trainer.model
   assert trainer.run(1).finite
-  chains = model.chains.numpy()
+  chains = model.layer.chains.numpy()
   assert set(np.unique(chains)) <= {0.0, 1.0} and chains.std() > 0
-  params = energy.Parameters(*(tf.constant(v.numpy()) for v in (model.weights, model.visible_bias,
-                                                                 model.hidden_bias)))
+  params = energy.Parameters(*(tf.constant(v.numpy()) for v in model.layer.trainables))
   assert trainer.run(1).finite
   # Step 1's negative samples are 2 sweeps from the chains step 0 left, with step 1's random draws.
   rng = base.BatchRng(tf.constant([trainer.seed, 1], tf.int64), 0, 8, 1)
   expected = energy.gibbs(params, chains, 2, rng.per_step([16], "rbm/gibbs_h", "uniform"),
                           rng.per_step([64], "rbm/gibbs_v", "uniform"))
-  np.testing.assert_array_equal(model.chains.numpy(), expected.numpy())
+  np.testing.assert_array_equal(model.layer.chains.numpy(), expected.numpy())
 
 
 def test_the_visible_biases_start_at_the_log_odds_of_the_first_batch():
   trainer = build_trainer(tiny(lr=1e-9))  # so small a rate that the step itself moves nothing visible
   assert trainer.run(1).finite
   model = trainer.model
-  means = model.pixel_sums.numpy() / model.pixel_count.numpy()
-  assert model.pixel_count.numpy() == 8.0
-  np.testing.assert_allclose(model.visible_bias.numpy(), np.log((means * 8 + 0.5) / (9.0 - means * 8 - 0.5)),
+  means = model.layer.input_sums.numpy() / model.layer.input_count.numpy()
+  assert model.layer.input_count.numpy() == 8.0
+  np.testing.assert_allclose(model.layer.visible_bias.numpy(), np.log((means * 8 + 0.5) / (9.0 - means * 8 - 0.5)),
                              rtol=1e-4, atol=1e-4)
 
 
@@ -159,7 +158,7 @@ def test_one_device_and_two_replicas_train_the_same_rbm(training):
     trainer = build_trainer(tiny(training=training, gibbs_steps=2), cpu_replicas=replicas)
     assert trainer.run(2).finite
     m = trainer.model
-    values.append([v.numpy() for v in (m.weights, m.visible_bias, m.hidden_bias, m.chains, m.pixel_sums)])
+    values.append([v.numpy() for v in (*m.layer.trainables, m.layer.chains, m.layer.input_sums)])
   for one, two in zip(*values):
     np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
 
@@ -172,8 +171,8 @@ def test_a_resumed_pcd_run_equals_the_unbroken_one(tmp_path):
     return c
 
   unbroken, resumed = resumed_and_unbroken(config, tmp_path)
-  # The chains, the pixel statistics and the momentum slots (the optimizer's _variables 2-4) are saved too.
-  assert {"model/chains/.ATTRIBUTES/VARIABLE_VALUE", "model/pixel_sums/.ATTRIBUTES/VARIABLE_VALUE",
+  # The chains, the input statistics and the momentum slots (the optimizer's _variables 2-4) are saved too.
+  assert {"model/layer/chains/.ATTRIBUTES/VARIABLE_VALUE", "model/layer/input_sums/.ATTRIBUTES/VARIABLE_VALUE",
           "model/optimizers/rbm/_variables/4/.ATTRIBUTES/VARIABLE_VALUE"} <= set(unbroken)
   for key, value in unbroken.items():
     np.testing.assert_array_equal(resumed[key], value, err_msg=key)
@@ -182,7 +181,7 @@ def test_a_resumed_pcd_run_equals_the_unbroken_one(tmp_path):
 def test_the_momentum_switches_after_its_steps():
   config = rundir.prepare_config(tiny(momentum_steps=3, lr_decay="none"))
   from models.boltzmann import rbm  # pylint: disable=g-import-not-at-top
-  optimizer = rbm.optimizer(config)
+  optimizer = rbm.optimizer(config.model, config.steps)
   w = tf.Variable([0.0])
   optimizer.build([w])
   lr = float(config.model.lr)
@@ -239,6 +238,129 @@ def test_the_likelihood_report_names_its_method_and_band(trained):
 ])
 def test_bad_settings_are_one_line_errors(key, value, fragment):
   config = tiny()
+  section, leaf = (config.model, key[6:]) if key.startswith("model.") else (config, key)
+  section[leaf] = value
+  with pytest.raises(UserError) as error:
+    rundir.prepare_config(config)
+  assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+# ---- the deep belief network
+
+def tiny_dbn(**model):
+  """An 8x8 DBN of two RBMs (12 and 8 hidden units), 2 CD steps each, then fine-tuning; batch 8."""
+  from launch.configs import dbn as dbn_config  # pylint: disable=g-import-not-at-top
+  c = dbn_config.get_config("cpu")
+  c.model.update({"layers": "12,8", "layer_steps": 2, "sample_steps": 3, **model})
+  c.update(resolution=8, batch_size=8, steps=6)
+  c.input.labelled = None
+  c.runtime.steps_per_loop = 1
+  return c
+
+
+def _values(variables):
+  return [v.numpy().copy() for v in variables]
+
+
+def _changed(before, variables):
+  return [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)]
+
+
+def test_a_dbn_trains_one_rbm_at_a_time_then_a_classifier_started_from_the_stack():
+  trainer = build_trainer(tiny_dbn())
+  model = trainer.model
+  first, second = model.stack
+  classifier = [v for pair in model.classifier for v in pair]
+  for steps, trained in ((2, first), (2, second)):
+    before = _values(first.trainables + second.trainables)
+    assert trainer.run(steps).finite
+    changed = _changed(before, first.trainables + second.trainables)
+    assert changed == [trained is first] * 3 + [trained is second] * 3, changed
+  # The classifier's layers are the stack's weights and hidden biases at the end of pretraining.
+  for layer, (weights, bias) in zip(model.stack, model.classifier):
+    np.testing.assert_array_equal(weights.numpy(), layer.weights.numpy())
+    np.testing.assert_array_equal(bias.numpy(), layer.hidden_bias.numpy())
+  before_stack, before_classifier = _values(first.trainables + second.trainables), _values(classifier)
+  assert trainer.run(2).finite
+  assert not any(_changed(before_stack, first.trainables + second.trainables))  # the generative stack stays
+  assert all(_changed(before_classifier, classifier))
+
+
+def test_fine_tuning_counts_only_labelled_examples():
+  trainer = build_trainer(tiny_dbn())
+  model = trainer.model
+  images = tf.constant(np.random.default_rng(0).uniform(-1, 1, [4, 8, 8, 1]), tf.float32)
+  labels = tf.constant([3, -1, 7, -1])
+  loss, metrics = model.finetune_loss({"image": images, "label": labels}, None)
+  logits = model.classify(images).numpy()
+  log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+  np.testing.assert_allclose(loss.numpy(), [-log_p[0, 3], 0.0, -log_p[2, 7], 0.0], rtol=1e-5)
+  np.testing.assert_array_equal(metrics["classifier/labelled_fraction"].numpy(), [1, 0, 1, 0])
+
+
+def test_one_device_and_two_replicas_train_the_same_dbn():
+  values = []
+  for replicas in (1, 2):
+    trainer = build_trainer(tiny_dbn(), cpu_replicas=replicas)
+    while int(trainer.step.numpy()) < 6:  # calls end at stage ends
+      assert trainer.run(6 - int(trainer.step.numpy())).finite
+    values.append(_values(trainer.model.trainable_variables))
+  for one, two in zip(*values):
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dbn_resumed_in_the_middle_of_its_second_rbm_equals_the_unbroken_run(tmp_path):
+  from launch import checkpoints  # pylint: disable=g-import-not-at-top
+  from launch import loop  # pylint: disable=g-import-not-at-top
+
+  def config(steps):
+    c = tiny_dbn(layer_steps=3)  # RBM 1: steps 0-2, RBM 2: steps 3-5, then fine-tuning
+    c.update(steps=steps, log_every=2, checkpoint_every=2, sample_every=100, histogram_every=0)
+    return c
+
+  loop.train(config(8), str(tmp_path / "unbroken"))
+  loop.train(config(4), str(tmp_path / "resumed"))  # stops after the second RBM's first step
+  loop.train(config(8), str(tmp_path / "resumed"))
+  values = []
+  for run in ("unbroken", "resumed"):
+    reader = tf.train.load_checkpoint(checkpoints.latest(str(tmp_path / run)))
+    values.append({k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k})
+  assert any("rbm2" in k for k in values[0]) and any("classifier" in k for k in values[0])
+  for key, value in values[0].items():
+    np.testing.assert_array_equal(values[1][key], value, err_msg=key)
+
+
+def test_the_held_out_error_is_the_share_of_wrong_classes(tmp_path):
+  from evaluation.evaluator import EvalSettings  # pylint: disable=g-import-not-at-top
+  from launch import loop  # pylint: disable=g-import-not-at-top
+  from launch import scoring  # pylint: disable=g-import-not-at-top
+  import pipelines  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "dbn")
+  c = tiny_dbn(finetune_lr=0.03, pretrain=False, layers="32,32")  # every step fine-tunes, from Glorot's weights
+  c.update(steps=60, log_every=30, checkpoint_every=60, sample_every=60, histogram_every=0)
+  loop.train(c, workdir)
+  assert os.path.exists(os.path.join(workdir, "samples", "ema_0000060.png"))
+  stream = io.StringIO()
+  evaluator = scoring.evaluate_checkpoint(workdir, EvalSettings(metrics="error"), stream=stream, progress=False)
+  assert "classification error on 500 images of embedded:mnist:test" in stream.getvalue()
+  run = rundir.load_run(workdir)
+  images, labels = pipelines.open_source("embedded:mnist:test").arrays((8, 8), 1)
+  from pipelines import transforms  # pylint: disable=g-import-not-at-top
+  predicted = np.argmax(run.model.classify(transforms.to_model_range(images)).numpy(), axis=1)
+  expected = float(np.mean(predicted != labels))
+  assert evaluator.last_record["metrics"]["error"] == pytest.approx(expected)
+  assert expected < 0.85  # 60 steps of fine-tuning learn something: one class for all is 0.9
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("model.layers", "500", "--config.model.layers"),
+    ("model.layers", "8,x", "--config.model.layers"),
+    ("model.layer_steps", 0, "--config.model.layer_steps"),
+    ("model.finetune_lr", 0.0, "--config.model.finetune_lr"),
+    ("channels", 3, "--config.channels"),
+])
+def test_bad_dbn_settings_are_one_line_errors(key, value, fragment):
+  config = tiny_dbn()
   section, leaf = (config.model, key[6:]) if key.startswith("model.") else (config, key)
   section[leaf] = value
   with pytest.raises(UserError) as error:

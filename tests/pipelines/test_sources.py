@@ -73,3 +73,26 @@ def test_channel_conversion():
     for channels in (1, 3):
       np.testing.assert_array_equal(transforms.to_channels(tf.constant(array), channels).numpy()[0],
                                     transforms.to_channels_numpy(array[0], channels))
+
+
+def test_a_semi_supervised_source_keeps_labels_spread_evenly_over_the_classes():
+  options = pipelines.InputOptions(labelled=100)
+  source = pipelines.open_source("embedded:mnist", options)
+  _, labels = embedded.load("train")
+  layout = pipelines.InputLayout(500, 1, 0, 1)
+  seen = {}
+  for batch in source.dataset(layout, seed=3, start_step=0, resolution=32, channels=1).take(9):  # one epoch
+    for image, label in zip(batch["image"].numpy(), batch["label"].numpy()):
+      seen[image.tobytes()] = label
+  images, _ = source.arrays((32, 32), 1)
+  # Every example once per epoch: the first 10 of each class (the split is in class order, 450 of each) with
+  # their labels, every other one with -1.
+  expected = {transforms.to_model_range(x[None]).numpy()[0].tobytes(): (y if i % 450 < 10 else -1)
+              for i, (x, y) in enumerate(zip(images, labels))}
+  assert np.all(labels == np.arange(4500) // 450)
+  assert seen == expected
+  kept = pipelines.open_source("embedded:mnist", pipelines.InputOptions(labelled=25)).training_labels()
+  assert np.bincount(kept[kept >= 0]).tolist() == [3] * 5 + [2] * 5  # 25 over 10 classes
+  np.testing.assert_array_equal(source.arrays((32, 32), 1)[1], labels)  # held-out scoring sees every label
+  with pytest.raises(UserError, match="--config.input.labelled"):
+    pipelines.InputOptions.from_config({"labelled": -1})
