@@ -2,8 +2,8 @@
 
 The training loop builds one ``PeriodicEvaluation`` after the model (``from_config`` returns None when
 ``eval_every`` is 0) and calls it between compiled calls every ``every`` steps and at the end (the loop's
-``launch.actions.Evaluate``), after that step's checkpoint. It runs on every worker (generation and feature extraction are collectives); only the chief prints and
-writes. Settings come from the config's ``eval_*`` keys (see ``evaluation.evaluator``); the reference statistics
+``launch.actions.Evaluate``), after that step's checkpoint. It runs on every worker (generation and feature
+extraction are collectives); only the chief prints and writes. Settings come from the config's ``eval_*`` keys (see ``evaluation.evaluator``); the reference statistics
 are computed at the first evaluation, or read from ``<workdir>/eval/`` when a resumed run already cached them.
 
 The cost is part of the log: each evaluation prints its seconds and the share of this process's time spent

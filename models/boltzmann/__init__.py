@@ -1,8 +1,8 @@
 """Boltzmann machines: the restricted Boltzmann machine (CD-k, persistent CD; AIS for its likelihood) and the deep
 belief network (a greedily trained stack of RBMs, fine-tuned as a classifier).
 
-``resolve_rbm`` and ``resolve_dbn`` check the model sections; ``RBM`` and ``DBN`` are the models. The energy maths (models/boltzmann/energy.py) and
-AIS (ais.py) are functions of an RBM's parameters, for any stack of them.
+``resolve_rbm`` and ``resolve_dbn`` check the model sections; ``RBM`` and ``DBN`` are the models. The energy maths
+(models/boltzmann/energy.py) and AIS (ais.py) are functions of an RBM's parameters, for any stack of them.
 """
 
 from genscale.errors import require, require_choice
