@@ -312,14 +312,14 @@ def test_gaussian_likelihood_needs_no_binarisation():
 
 # ---- through the loop and the commands
 
-def resumed_and_unbroken(config, tmp_path):
-  """Checkpoint values ({name: array}) of a 4-step run and of the same run stopped at step 2 and resumed, each
-  from ``config(steps)``."""
+def resumed_and_unbroken(config, tmp_path, steps=4, stop=2):
+  """Checkpoint values ({name: array}) of a run of ``steps`` steps and of the same run stopped at step ``stop``
+  and resumed, each from ``config(steps)``."""
   from launch import checkpoints  # pylint: disable=g-import-not-at-top
   from launch import loop  # pylint: disable=g-import-not-at-top
-  loop.train(config(4), str(tmp_path / "unbroken"))
-  loop.train(config(2), str(tmp_path / "resumed"))
-  loop.train(config(4), str(tmp_path / "resumed"))
+  loop.train(config(steps), str(tmp_path / "unbroken"))
+  loop.train(config(stop), str(tmp_path / "resumed"))
+  loop.train(config(steps), str(tmp_path / "resumed"))
   values = []
   for run in ("unbroken", "resumed"):
     reader = tf.train.load_checkpoint(checkpoints.latest(str(tmp_path / run)))

@@ -228,23 +228,6 @@ def test_the_likelihood_report_names_its_method_and_band(trained):
   assert values["bpd_ais"] == pytest.approx(values["nll_ais"] / (64 * math.log(2.0)))
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("model.hidden", 0, "--config.model.hidden"),
-    ("model.training", "gibbs", "--config.model.training"),
-    ("model.gibbs_steps", 0, "--config.model.gibbs_steps"),
-    ("model.momentum", 1.0, "--config.model.momentum"),
-    ("channels", 3, "--config.channels"),
-    ("resolution", "8x16", "--config.resolution"),
-])
-def test_bad_settings_are_one_line_errors(key, value, fragment):
-  config = tiny()
-  section, leaf = (config.model, key[6:]) if key.startswith("model.") else (config, key)
-  section[leaf] = value
-  with pytest.raises(UserError) as error:
-    rundir.prepare_config(config)
-  assert fragment in str(error.value) and "\n" not in str(error.value)
-
-
 # ---- the deep belief network
 
 def tiny_dbn(**model):
@@ -310,24 +293,18 @@ def test_one_device_and_two_replicas_train_the_same_dbn():
 
 
 def test_a_dbn_resumed_in_the_middle_of_its_second_rbm_equals_the_unbroken_run(tmp_path):
-  from launch import checkpoints  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
 
   def config(steps):
     c = tiny_dbn(layer_steps=3)  # RBM 1: steps 0-2, RBM 2: steps 3-5, then fine-tuning
     c.update(steps=steps, log_every=2, checkpoint_every=2, sample_every=100, histogram_every=0)
     return c
 
-  loop.train(config(8), str(tmp_path / "unbroken"))
-  loop.train(config(4), str(tmp_path / "resumed"))  # stops after the second RBM's first step
-  loop.train(config(8), str(tmp_path / "resumed"))
-  values = []
-  for run in ("unbroken", "resumed"):
-    reader = tf.train.load_checkpoint(checkpoints.latest(str(tmp_path / run)))
-    values.append({k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k})
-  assert any("rbm2" in k for k in values[0]) and any("classifier" in k for k in values[0])
-  for key, value in values[0].items():
-    np.testing.assert_array_equal(values[1][key], value, err_msg=key)
+  # Stopped after the second RBM's first step, resumed to the end of the fine-tuning.
+  unbroken, resumed = resumed_and_unbroken(config, tmp_path, steps=8, stop=4)
+  assert "model/stack/1/chains/.ATTRIBUTES/VARIABLE_VALUE" in unbroken  # the second RBM's persistent chains
+  assert any("classifier" in k for k in unbroken)
+  for key, value in unbroken.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
 
 
 def test_the_held_out_error_is_the_share_of_wrong_classes(tmp_path):
@@ -352,15 +329,21 @@ def test_the_held_out_error_is_the_share_of_wrong_classes(tmp_path):
   assert expected < 0.85  # 60 steps of fine-tuning learn something: one class for all is 0.9
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("model.layers", "500", "--config.model.layers"),
-    ("model.layers", "8,x", "--config.model.layers"),
-    ("model.layer_steps", 0, "--config.model.layer_steps"),
-    ("model.finetune_lr", 0.0, "--config.model.finetune_lr"),
-    ("channels", 3, "--config.channels"),
+@pytest.mark.parametrize("family,key,value,fragment", [
+    ("rbm", "model.hidden", 0, "--config.model.hidden"),
+    ("rbm", "model.training", "gibbs", "--config.model.training"),
+    ("rbm", "model.gibbs_steps", 0, "--config.model.gibbs_steps"),
+    ("rbm", "model.momentum", 1.0, "--config.model.momentum"),
+    ("rbm", "channels", 3, "--config.channels"),
+    ("rbm", "resolution", "8x16", "--config.resolution"),
+    ("dbn", "model.layers", "500", "--config.model.layers"),
+    ("dbn", "model.layers", "8,x", "--config.model.layers"),
+    ("dbn", "model.layer_steps", 0, "--config.model.layer_steps"),
+    ("dbn", "model.finetune_lr", 0.0, "--config.model.finetune_lr"),
+    ("dbn", "channels", 3, "--config.channels"),
 ])
-def test_bad_dbn_settings_are_one_line_errors(key, value, fragment):
-  config = tiny_dbn()
+def test_bad_settings_are_one_line_errors(family, key, value, fragment):
+  config = {"rbm": tiny, "dbn": tiny_dbn}[family]()
   section, leaf = (config.model, key[6:]) if key.startswith("model.") else (config, key)
   section[leaf] = value
   with pytest.raises(UserError) as error:
