@@ -57,9 +57,15 @@ def _vae():
   return tiny_vae(conditional=True)  # the AE shares its networks and its one-phase step
 
 
+def _dbn():
+  from tests.models.test_boltzmann import tiny_dbn  # pylint: disable=g-import-not-at-top
+  return tiny_dbn()  # two RBMs of 2 PCD steps each, then 2 steps of the classifier: every phase of the family
+
+
 # The diffusion family's two formulations share the network, the phase and the reductions: EDM stands for both.
+# The DBN's RBM phases stand for the RBM's.
 FAMILIES = {"dcgan": (_dcgan, 1), "pggan": (_pggan, 3), "stylegan2": (_stylegan2, 1),
-            "diffusion": (lambda: _diffusion("edm"), 1), "vae": (_vae, 1)}
+            "diffusion": (lambda: _diffusion("edm"), 1), "vae": (_vae, 1), "dbn": (_dbn, 6)}
 
 
 def _updates(make_config, steps, replicas):
