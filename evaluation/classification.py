@@ -25,8 +25,8 @@ def evaluate(runtime, model, spec, resolution, channels, num=None, batch_size=64
   source = pipelines.open_source(spec, input_options)
   require(source.info.num_classes, f"{spec} has no labels to score a classifier on: pass --nll_data with labels")
   images, labels = source.arrays(pipelines.parse_resolution(resolution), int(channels))
-  if num:
-    images, labels = images[:int(num)], labels[:int(num)]
+  keep = likelihood.spread(len(images), num)
+  images, labels = images[keep], labels[keep]
   runner = likelihood.LikelihoodRunner(runtime, model, batch_size)
   correct = runner.per_example("correct", transforms.to_model_range(images).numpy(), labels, show_progress,
                                with_labels=True)

@@ -259,17 +259,25 @@ def describe(record):
   return method
 
 
+def spread(count, num):
+  """Indices of ``num`` of ``count`` examples evenly spaced over them (all when ``num`` is None or larger): a
+  subset that covers every class of a split stored in class order, as the embedded digits are."""
+  if not num or int(num) >= count:
+    return np.arange(count)
+  return np.unique(np.linspace(0, count - 1, int(num)).round().astype(np.int64))
+
+
 def heldout_data(model, spec, resolution, channels, num, input_options=None):
   """The evaluation images in the model's data space (binarised with the fixed seed for binary-pixel models),
-  their labels, and a description for the record."""
+  their labels, and a description for the record. With ``num``, that many images evenly spread over the split
+  (``spread``), binarised as they are in the whole split."""
   source = pipelines.open_source(spec, input_options)
   images, labels = source.arrays(pipelines.parse_resolution(resolution), int(channels))
-  if num:
-    images, labels = images[:int(num)], labels[:int(num)]
-  require(len(images) >= 2, f"{spec} has {len(images)} images; the likelihood needs at least 2")
+  keep = spread(len(images), num)
+  require(len(keep) >= 2, f"{spec} has {len(images)} images; the likelihood needs at least 2")
   if model.likelihood_data() == "binary":
-    return binarize(images), labels, {"binarization_seed": BINARIZATION_SEED}
-  return transforms.to_model_range(images).numpy(), labels, {"binarization_seed": None}
+    return binarize(images)[keep], labels[keep], {"binarization_seed": BINARIZATION_SEED}
+  return transforms.to_model_range(images[keep]).numpy(), labels[keep], {"binarization_seed": None}
 
 
 def evaluate(runtime, model, spec, resolution, channels, samples, num=None, batch_size=64, seed=0,

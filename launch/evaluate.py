@@ -53,7 +53,8 @@ flags.DEFINE_integer("pr_k", 3, "Precision/recall: k of the k-nearest-neighbour 
 flags.DEFINE_bool("ema", True, "Use the EMA generator weights.")
 flags.DEFINE_integer("nll_samples", 64, "nll: importance samples k of the IWAE bound (Burda et al. use 5000).")
 flags.DEFINE_string("nll_data", None, "nll: held-out data spec; default the test split of the run's data.")
-flags.DEFINE_integer("nll_num", None, "nll: at most this many held-out images; default all.")
+flags.DEFINE_integer("nll_num", None, "nll, error: at most this many held-out images, evenly spread over the "
+                     "split (so every class of a class-ordered split); default all.")
 flags.DEFINE_integer("ais_runs", 100, "nll of an energy model (RBM): AIS runs for log Z (Salakhutdinov & "
                      "Murray 2008 use 100).")
 flags.DEFINE_integer("ais_betas", 14_500, "nll of an energy model: AIS intermediate distributions (the paper's "

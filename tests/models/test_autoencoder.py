@@ -233,6 +233,16 @@ def test_the_fixed_binarisation_is_the_same_bits_every_time():
   assert abs((first > 0).mean() - intensity.mean()) < 0.01  # a pixel is on with its intensity's probability
 
 
+def test_a_heldout_subset_spans_the_classes_and_keeps_the_whole_splits_bits():
+  model = _model(tiny_vae())
+  every, every_labels, _ = likelihood.heldout_data(model, "embedded:mnist:test", 32, 1, None)
+  some, labels, _ = likelihood.heldout_data(model, "embedded:mnist:test", 32, 1, 20)
+  assert len(some) == 20 and sorted(set(labels.tolist())) == list(range(10))  # the split is in class order
+  keep = likelihood.spread(500, 20)
+  np.testing.assert_array_equal(some, every[keep])  # the same bits as in the whole split's binarisation
+  np.testing.assert_array_equal(labels, every_labels[keep])
+
+
 def test_heldout_splits_and_models_without_a_likelihood():
   assert likelihood.heldout_spec("embedded:mnist") == "embedded:mnist:test"
   assert likelihood.heldout_spec("tfds:mnist:train") == "tfds:mnist:test"
