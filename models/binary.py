@@ -28,8 +28,10 @@ def to_image(bits, shape):
 
 
 def bernoulli_log_prob(bits, logits):
-  """log p(bits) under independent Bernoulli(sigmoid(logits)), summed over the last axis. ``bits`` in {0, 1}."""
-  return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=bits, logits=logits), axis=-1)
+  """log p(bits) under independent Bernoulli(sigmoid(logits)), summed over every axis but the first (per example):
+  [b] for bits [b, D] or images [b, H, W, C] of values in {0, 1}."""
+  cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=bits, logits=logits)
+  return -tf.reduce_sum(tf.reshape(cross_entropy, [tf.shape(cross_entropy)[0], -1]), axis=1)
 
 
 def sample_bits(probabilities, uniforms):

@@ -14,6 +14,8 @@ import math
 
 import tensorflow as tf
 
+from models.binary import bernoulli_log_prob  # pylint: disable=unused-import  (the VAE's Bernoulli pixels)
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -35,11 +37,6 @@ def kl_to_standard_normal(mean, logvar):
   """KL(N(mean, diag(exp(logvar))) || N(0, I)) per latent dimension, [b, d] (sum over the last axis for the
   total)."""
   return 0.5 * (tf.exp(logvar) + tf.square(mean) - 1.0 - logvar)
-
-
-def bernoulli_log_prob(x, logits):
-  """log p(x) of binary pixels x in {0, 1} under Bernoulli(sigmoid(logits)), summed per example."""
-  return -_sum_except_batch(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits))
 
 
 def _ndtr(x):
