@@ -76,6 +76,7 @@ setup(
         "console_scripts": [
             "genscale-train=launch.train:entry_point",
             "genscale-sample=launch.sample:entry_point",
+            "genscale-translate=launch.translate:entry_point",
             "genscale-prepare=pipelines.prepare:entry_point",
             "genscale-inspect=pipelines.inspect:entry_point",
             "genscale-runs=launch.runs:entry_point",

@@ -12,13 +12,14 @@ Config keys (all optional):
   eval_num                generated images per evaluation (10,000)
   eval_metrics            comma-separated: fid, kid, is, pr, nll, error ("fid,kid"); nll: the held-out likelihood
                           (exact, a bound or an estimate) of models that have one (evaluation/likelihood.py);
-                          error: the held-out error of a model that classifies (evaluation/classification.py)
+                          error: the held-out error of a model that classifies (evaluation/classification.py);
+                          translation: a translator's held-out figures (evaluation/translation.py)
   eval_extractor          classifier | inception ("classifier")
   eval_inception_weights  path of the Inception weights, for eval_extractor=inception
   eval_data               reference data spec (default: the run's ``data``)
   eval_batch_size         images per compiled call (64)
   eval_nll_samples        importance samples k of the IWAE bound (64)
-  eval_nll_data           held-out data of the likelihood (default: the test split of the run's data)
+  eval_nll_data           held-out data of nll, error and translation (default: the test split of the run's data)
   eval_ais_runs           AIS runs of an energy model's log Z (100)
   eval_ais_betas          AIS intermediate distributions (14,500)
 
@@ -47,6 +48,7 @@ from evaluation import classification
 from evaluation import extractors as extractors_lib
 from evaluation import likelihood
 from evaluation import metrics as metrics_lib
+from evaluation import translation
 from evaluation.features import FeatureRunner
 from evaluation.stats import FeatureStats
 from genscale import gcs
@@ -54,10 +56,10 @@ from genscale.errors import UserError, require
 from genscale.progress import Progress
 import pipelines
 
-METRICS = ("fid", "kid", "is", "pr", "nll", "error")
-# Scored on held-out data, not on samples: the likelihood (evaluation/likelihood.py) and a classifier's error
-# (evaluation/classification.py).
-LIKELIHOOD_METRICS = ("nll", "error")
+METRICS = ("fid", "kid", "is", "pr", "nll", "error", "translation")
+# Scored on held-out data, not on samples: the likelihood (evaluation/likelihood.py), a classifier's error
+# (evaluation/classification.py) and a translator's figures (evaluation/translation.py).
+LIKELIHOOD_METRICS = ("nll", "error", "translation")
 REFERENCE_FORMAT = 1
 
 
@@ -102,6 +104,10 @@ class EvalSettings:
   ais_runs: int = 100  # AIS runs for an energy model's log Z (Salakhutdinov & Murray 2008: 100)
   ais_betas: int = 14_500  # AIS intermediate distributions (the paper's 14,500)
   config_named: tuple = ()  # fields the user sets through the config: messages name --config.eval_* for them
+
+  def __post_init__(self):
+    if isinstance(self.metrics, str):  # "fid,kid" as given on a command line: a tuple of names from the start
+      self.metrics = tuple(m.strip().lower() for m in self.metrics.split(",") if m.strip())
 
   @classmethod
   def from_config(cls, config, **overrides):
@@ -192,7 +198,7 @@ def compute_metrics(settings, reference, generated, what="generated", show_progr
 def scalar_tags(values, extractor):
   """{"fid": v} -> {"eval/fid_classifier": v}: the TensorBoard tags. Likelihoods (nll_*, bpd_*, pseudo_nll, an
   RBM's log_z) don't depend on the extractor: {"nll_iwae": v} -> {"eval/nll_iwae": v}."""
-  independent = ("nll_", "bpd_", "pseudo_nll", "log_z", "error")
+  independent = ("nll_", "bpd_", "pseudo_nll", "log_z", "error", *translation.FIGURES)
   return {f"eval/{name}" if name.startswith(independent) else f"eval/{name}_{extractor}": float(v)
           for name, v in values.items()}
 
@@ -267,12 +273,14 @@ class Evaluator:
       likelihood.check_model(model)
     if model is not None and "error" in s.metrics:
       classification.check_model(model)
+    if model is not None and "translation" in s.metrics:
+      translation.check_model(model)
     if model is not None and s.image_metrics and not model.samples_from_prior:
       raise UserError(f"{s.flag('metrics')}={','.join(s.image_metrics)} scores samples, and "
                       f"{type(model).__name__} has no prior to sample from; use nll (if it has a likelihood) or a "
                       "model that samples")
     self.notes = []
-    if s.extractor == "classifier" and not str(self.data).startswith("embedded:mnist"):
+    if s.image_metrics and s.extractor == "classifier" and not str(self.data).startswith("embedded:mnist"):
       self.notes.append(f"the classifier extractor knows digits only; its scores on {self.data} say little "
                         "(use --extractor=inception)")
     self._reference = None
@@ -382,6 +390,13 @@ class Evaluator:
           show_progress=self.show_progress)
       values.update(error)
       extra.update(error_extra)
+    if "translation" in s.metrics:
+      figures, translation_extra = translation.evaluate(
+          self.runtime, self.model, s.nll_data or self.data, self.resolution, self.channels, num=s.nll_num,
+          batch_size=s.batch_size, input_options=self.config.get("input", None), show_progress=self.show_progress,
+          heldout_of_spec=not s.nll_data)
+      values.update(figures)
+      extra.update(translation_extra)
     generated = None
     if s.image_metrics:
       if s.needs_reference:

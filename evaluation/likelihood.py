@@ -143,13 +143,13 @@ class LikelihoodRunner:
   def _labels(self, labels):
     return labels if getattr(self.model, "num_classes", 0) else None
 
-  def per_example(self, name, images, labels, show_progress=False, with_labels=False):
-    """The model's method ``name`` (x, labels) -> [b] on every example, as float64 numpy [n]. The labels go to
-    the method when the model is conditional, or always ``with_labels``."""
+  def per_example(self, name, images, labels, show_progress=False, with_labels=False, what="likelihood"):
+    """The model's method ``name`` (x, labels) -> [b, ...] on every example, as float64 numpy [n, ...]. The labels
+    go to the method when the model is conditional, or always ``with_labels``. ``what`` names the progress bar."""
     method = getattr(self.model, name)
     call = self._distributed(name, lambda x, labels, key, replica_id: (
         method(x, labels if with_labels else self._labels(labels)),))
-    progress = Progress(images.shape[0], f"likelihood ({name})", unit="img") if show_progress else None
+    progress = Progress(images.shape[0], f"{what} ({name})", unit="img") if show_progress else None
     values = []
     for _, x, y, real in self._batches(images, labels):
       values.append(call(x, y, tf.constant([0, 0], tf.int64))[0].numpy().astype(np.float64)[:real])

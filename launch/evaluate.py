@@ -26,7 +26,8 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 flags.DEFINE_string("workdir", None, "Run directory (local or gs://); optional with --compare_data.")
 flags.DEFINE_string("metrics", "fid,kid", "Comma-separated metrics: fid, kid, is (Inception Score), pr "
                     "(precision/recall), nll (held-out likelihood in nats: exact, a bound or an AIS estimate, by model), "
-                    "error (held-out error of a model that classifies: a fine-tuned DBN).")
+                    "error (held-out error of a model that classifies: a fine-tuned DBN), translation (a "
+                    "translator's held-out cycle and paired errors: CycleGAN).")
 flags.DEFINE_integer("num", 10_000, "Generated images (published FIDs use 50000).")
 flags.DEFINE_string("extractor", "classifier", "Feature network: classifier | inception.")
 flags.DEFINE_string("inception_weights", None, "For --extractor=inception: classify_image_graph_def.pb (from "
@@ -52,8 +53,9 @@ flags.DEFINE_integer("is_splits", 10, "Inception Score: splits.")
 flags.DEFINE_integer("pr_k", 3, "Precision/recall: k of the k-nearest-neighbour balls.")
 flags.DEFINE_bool("ema", True, "Use the EMA generator weights.")
 flags.DEFINE_integer("nll_samples", 64, "nll: importance samples k of the IWAE bound (Burda et al. use 5000).")
-flags.DEFINE_string("nll_data", None, "nll: held-out data spec; default the test split of the run's data.")
-flags.DEFINE_integer("nll_num", None, "nll, error: at most this many held-out images, evenly spread over the "
+flags.DEFINE_string("nll_data", None, "nll, error, translation: held-out data spec; default the test split of the "
+                    "run's data (of each domain, for translation).")
+flags.DEFINE_integer("nll_num", None, "nll, error, translation: at most this many held-out images, evenly spread over the "
                      "split (so every class of a class-ordered split); default all.")
 flags.DEFINE_integer("ais_runs", 100, "nll of an energy model (RBM): AIS runs for log Z (Salakhutdinov & "
                      "Murray 2008 use 100).")

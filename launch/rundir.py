@@ -116,7 +116,7 @@ def read_run(workdir):
   require(tf.io.gfile.exists(path), f"no run in --workdir {workdir}: {path} is missing")
   config = _read_config(workdir)
   with tf.io.gfile.GFile(os.path.join(workdir, "data_info.json")) as f:
-    info = pipelines.DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()})
+    info = pipelines.DataInfo.from_dict(json.load(f))
   return config, info
 
 

@@ -219,12 +219,14 @@ class Previewer:
     self.runtime = runtime
     replicas = runtime.num_replicas
     preview = runtime.compile(
-        lambda images, labels, replica_id, per_replica: model.preview(
-            images, labels, BatchRng(tf.constant([seed, 0x9E7], tf.int64), replica_id, per_replica, replicas)))
+        lambda images, labels, replica_id, per_replica, more: model.preview(
+            images, labels, BatchRng(tf.constant([seed, 0x9E7], tf.int64), replica_id, per_replica, replicas),
+            **more))
 
     def replica_fn(batch):
       replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
-      return preview(batch["image"], batch["label"], replica_id, batch["image"].shape[0])
+      more = {k: v for k, v in batch.items() if k not in ("image", "label")}  # a second domain's image_b, label_b
+      return preview(batch["image"], batch["label"], replica_id, batch["image"].shape[0], more)
 
     @tf.function
     def call(batch):

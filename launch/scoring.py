@@ -16,6 +16,7 @@ import ml_collections
 import tensorflow as tf
 
 from evaluation import likelihood
+from evaluation import translation
 from evaluation.evaluator import Evaluator
 from genscale.errors import require
 from launch import rundir
@@ -70,6 +71,9 @@ def _report(evaluator, what, at, stream):
                  f"{likelihood.describe(record)}")
   if record.get("error_data"):
     parts.append(f"classification error on {record['error_count']} images of {record['error_data']}")
+  if record.get("translation_data"):
+    parts.append(f"translation of {' and '.join(map(str, record['translation_count']))} held-out images of "
+                 f"{record['translation_data']}: {translation.describe(record['metrics'])}")
   stream.write(format_results(f"{at}{'; '.join(parts)}", record["metrics"]) + "\n")
   stream.flush()
 

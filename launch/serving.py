@@ -14,6 +14,11 @@ Signatures (every input is one value per example, batch dimension None):
 Both return ``images`` (uint8 [N, H, W, C]) and ``images_bytes`` (PNG strings; TF Serving's REST API sends
 outputs whose names end in ``_bytes`` base64-encoded).
 
+A translator (CycleGAN; ``TranslationExporter``) has instead:
+  serving_default  images uint8 [N, H, W, C] of domain A -> their translations to B (G);
+  b_to_a           images of domain B -> A (F);
+with the same outputs.
+
 Example i is generated alone, from the random key (seed_i, 0): the image equals the one
 ``launch.sample --seed=seed_i --num=1`` writes, bit for bit, and does not depend on the other rows of the request.
 """
@@ -26,6 +31,7 @@ import time
 import tensorflow as tf
 
 from genscale.errors import UserError
+from genscale.shapes import parse_resolution
 from launch import storage
 from models.base import BatchRng
 
@@ -143,6 +149,37 @@ class Exporter:
     return out
 
 
+class TranslationExporter:
+  """The signatures of a translator (a model with ``translate``, trained on two domains): uint8 images in, their
+  translations out, either way. Same interface as ``Exporter``."""
+
+  DIRECTIONS = {"serving_default": "AtoB", "b_to_a": "BtoA"}
+
+  def __init__(self, model, image_shape, ema=True):
+    del ema  # a translator has no EMA copy
+    self.model, self.image_shape = model, tuple(int(s) for s in image_shape)
+    self.num_classes = 0
+
+  def functions(self):
+    spec = {"images": tf.TensorSpec([None, *self.image_shape], tf.uint8, name="images")}
+
+    def direction(name):
+      def translate(images):
+        x = tf.cast(images, tf.float32) / 127.5 - 1.0
+        return _outputs(tf.cast(self.model.translate(x, self.DIRECTIONS[name]), tf.float32))
+      return _with_keywords(translate, spec)
+
+    return {name: direction(name) for name in self.DIRECTIONS}
+
+  def tflite_function(self):
+    raise UserError("--format=tflite converts generators that draw from a latent; a translator is exported as a "
+                    "SavedModel (its signatures take images)")
+
+  def describe(self):
+    image = {"dtype": "uint8", "shape": list(self.image_shape)}
+    return {name: {"images": dict(image), "direction": d} for name, d in self.DIRECTIONS.items()}
+
+
 def _with_keywords(fn, specs):
   """A tf.function taking ``specs``' names as keyword inputs (the names the signature's inputs get)."""
   names = list(specs)
@@ -215,8 +252,9 @@ def export(run, out, version=None, ema=True, tflite=False):
   final = posixpath.join(out, str(version)) if storage.is_gcs(out) else os.path.join(out, str(version))
   if tf.io.gfile.exists(final):
     raise UserError(f"{final} exists: pass --version=N for a new version, or another --out")
-  size = int(config.resolution)
-  exporter = Exporter(model, (size, size, int(config.channels)), ema=ema)
+  height, width = parse_resolution(config.resolution)
+  kind = TranslationExporter if model.domains == 2 else Exporter
+  exporter = kind(model, (height, width, int(config.channels)), ema=ema)
   if tflite:
     exporter.tflite_function()  # refuses a family that doesn't convert before anything is written
   functions = exporter.functions()
@@ -243,7 +281,8 @@ def export(run, out, version=None, ema=True, tflite=False):
   check_ops(staging)
   metadata = {
       "format": 1, "family": config.model.name,
-      "model": type(model).__name__, "step": int(run.step), "weights": "ema" if ema else "raw",
+      "model": type(model).__name__, "step": int(run.step),
+      "weights": "ema" if ema and model.ema_pairs else "raw",
       "image_shape": list(exporter.image_shape), "num_classes": exporter.num_classes,
       "checkpoint": str(run.checkpoint), "signatures": exporter.describe(),
       "config": config.model.to_dict(),

@@ -381,8 +381,9 @@ class Trainer:
     stage = self.next_stage()
     height, width = self.resolution(stage)
     per_replica = self.stages.batch(stage) // self.runtime.num_replicas
-    shape = [per_replica, height, width, int(self.config.channels)]
-    return {"image": tf.TensorSpec(shape, tf.float32), "label": tf.TensorSpec([per_replica], tf.int32)}
+    image = tf.TensorSpec([per_replica, height, width, int(self.config.channels)], tf.float32)
+    spec = {"image": image, "label": tf.TensorSpec([per_replica], tf.int32)}
+    return {**spec, "image_b": image, "label_b": spec["label"]} if self.source.info.domain_b else spec
 
   def dataset(self, start_step=None, resolution=None):
     """The distributed training input of the next step's stage, from ``start_step`` (default: ``position()``).

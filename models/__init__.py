@@ -35,6 +35,11 @@ def build(config, info, hardware):
   """Checks the config against ``hardware`` (a ``models.base.Hardware``) and builds the model. Call inside
   ``strategy.scope()``. Raises UserError."""
   cls = _entry(config.model.name)[1]
+  two_domains = info.domain_b is not None
+  if two_domains and cls.domains == 1:
+    raise UserError(f"--config.data={info.spec} holds two unpaired domains, which only a translator "
+                    "(--config.model.name=cyclegan) trains on; "
+                    f"give {config.model.name} one source")
   cls.check_hardware(config, hardware)
   return cls(config, info, hardware)
 
@@ -70,3 +75,5 @@ def _load_builtin():
   from models import boltzmann  # pylint: disable=g-import-not-at-top
   register("rbm", boltzmann.resolve_rbm, boltzmann.RBM)  # Hinton 2002 (CD), Tieleman 2008 (PCD)
   register("dbn", boltzmann.resolve_dbn, boltzmann.DBN)  # Hinton, Osindero & Teh 2006
+  from models import cyclegan  # pylint: disable=g-import-not-at-top
+  register("cyclegan", cyclegan.resolve, cyclegan.CycleGAN)  # Zhu et al. 2017

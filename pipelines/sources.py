@@ -1,11 +1,16 @@
 """Data sources, named by one spec string (``config.data``), and how each becomes per-replica batches.
 
   embedded:mnist[:train|test|all]  5,000 real MNIST digits stored in pipelines/data (pipelines.embedded)
+  embedded:mnist-a|mnist-b[:split] two disjoint halves of them, B's strokes thickened (a translation task)
   folder:DIR                       png, jpeg, webp, bmp and gif files under DIR, recursively (local or gs://);
                                    with input.folder_labels, the first sub-folder name is the class
   tfrecord:DIR_OR_GLOB             records written by ``python -m pipelines.prepare`` (local or gs://)
   tfds:NAME[:SPLIT]                a TensorFlow Datasets dataset (split default "train"), under
                                    input.tfds_data_dir (may be gs://)
+  unpaired:SPEC_A|SPEC_B           two domains of unpaired images (CycleGAN), each any spec above, e.g.
+                                   unpaired:embedded:mnist-a|embedded:mnist-b or
+                                   unpaired:tfds:cycle_gan/horse2zebra:trainA|tfds:cycle_gan/horse2zebra:trainB;
+                                   batches also hold "image_b" and "label_b" (see UnpairedSource)
 
 Every source gives a ``DataInfo`` and builds, for one input pipeline (``InputLayout``), a dataset of per-replica
 batches ``{"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b]}`` at any training resolution up to the
@@ -21,6 +26,7 @@ Order and resume:
     a deterministic skip, exact unless input.deterministic is off or a folder holds undecodable files.
 """
 
+import dataclasses
 import os
 
 from absl import logging
@@ -274,11 +280,58 @@ class TFDSSource(Source):
 def _embedded(spec, rest, options):
   parts = rest.split(":") if rest else []
   name = parts[0] if parts else "mnist"
-  if name != "mnist":
-    raise UserError(f"unknown embedded dataset {name!r} in --config.data={spec}: use embedded:mnist")
+  names = ("mnist", *embedded.DOMAINS)
+  if name not in names:
+    raise UserError(f"unknown embedded dataset {name!r} in --config.data={spec}: use one of "
+                    + ", ".join(f"embedded:{n}" for n in names))
   split = parts[1] if len(parts) > 1 else "train"
-  images, labels = embedded.load(split)
+  images, labels = embedded.load(split) if name == "mnist" else embedded.load_domain(name, split)
   return ArraySource(spec, images, labels, embedded.LABEL_NAMES, options)
+
+
+class UnpairedSource(Source):
+  """Two domains of images that are not paired (``unpaired:SPEC_A|SPEC_B``), read together for translation.
+
+  Each domain is a source of its own, read as it would be alone (sharded over the input pipelines, shuffled,
+  resumed at the step's position), with its own order (domain B's seed is offset from A's), so the i-th images of
+  the two domains are an arbitrary pair that changes every epoch. A batch is A's ``{"image", "label"}`` with B's
+  as ``"image_b"`` and ``"label_b"``. ``info`` is domain A's with ``domain_b`` set to B's info; ``arrays`` and
+  ``examples_at`` read domain A.
+  """
+
+  B_SEED_OFFSET = 0xB
+
+  def __init__(self, spec, rest, options):
+    first, bar, second = rest.partition("|")
+    require(bar and first and second and "|" not in second,
+            f"--config.data={spec}: give two domains, unpaired:SPEC_A|SPEC_B, e.g. "
+            "unpaired:embedded:mnist-a|embedded:mnist-b")
+    require(not first.startswith("unpaired:") and not second.startswith("unpaired:"),
+            f"--config.data={spec}: a domain of unpaired: can't be unpaired: itself")
+    self.options = options
+    self.a, self.b = open_source(first, options), open_source(second, options)
+    channels = (self.a.info.channels, self.b.info.channels)
+    require(0 in channels or channels[0] == channels[1],
+            f"--config.data={spec}: domain A has {channels[0]} channels and domain B {channels[1]}; a translator maps "
+            "images with one channel count: pick domains that match (or a folder source, which converts)")
+    self.info = dataclasses.replace(self.a.info, spec=spec, domain_b=self.b.info)
+
+  def check_resolution(self, resolution):
+    self.a.check_resolution(resolution)
+    self.b.check_resolution(resolution)
+
+  def dataset(self, layout, *, seed, start_step, resolution, channels, flip=False, shuffle=True):
+    common = dict(start_step=start_step, resolution=resolution, channels=channels, flip=flip, shuffle=shuffle)
+    domains = (self.a.dataset(layout, seed=seed, **common),
+               self.b.dataset(layout, seed=seed + self.B_SEED_OFFSET, **common))
+    both = lambda a, b: {**a, "image_b": b["image"], "label_b": b["label"]}
+    return tf.data.Dataset.zip(domains).map(both).prefetch(tf.data.AUTOTUNE)
+
+  def examples_at(self, resolution, channels):
+    return self.a.examples_at(resolution, channels)
+
+  def arrays(self, resolution, channels):
+    return self.a.arrays(resolution, channels)
 
 
 _KINDS = {
@@ -286,6 +339,7 @@ _KINDS = {
     "folder": FolderSource,
     "tfrecord": TFRecordSource,
     "tfds": TFDSSource,
+    "unpaired": UnpairedSource,
 }
 
 
