@@ -275,15 +275,32 @@ def test_one_domain_models_and_translators_refuse_the_other_kind_of_data(tiny_dc
 # ---- training
 
 
-def test_a_resumed_run_equals_the_unbroken_one(tmp_path):
-  from tests.models.test_autoencoder import resumed_and_unbroken  # pylint: disable=g-import-not-at-top
+def _run_config(steps):
+  config = tiny(decay_start=1.0)  # a constant rate: the schedule spans config.steps, which differs in a resume
+  config.update(resolution=32, batch_size=4, steps=steps, sample_every=4, histogram_every=0)
+  return config
 
-  def config(steps):
-    c = tiny(decay_start=1.0)  # a constant rate: the schedule spans config.steps, which differs here
-    c.update(steps=steps, histogram_every=0, sample_every=100)  # no previews: their compile isn't the point
-    return c
 
-  unbroken, resumed = resumed_and_unbroken(config, tmp_path)  # 12-image pools: full after step 1, swapping after
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """The workdir of a 4-step run at 32x32: the 12-image pools fill in steps 0-2 and swap in step 3."""
+  from launch import loop  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("cyclegan") / "unbroken")
+  loop.train(_run_config(4), workdir)
+  return workdir
+
+
+def _checkpoint_values(workdir):
+  from launch import checkpoints  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(checkpoints.latest(workdir))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k}
+
+
+def test_a_resumed_run_equals_the_unbroken_one(trained, tmp_path):
+  from launch import loop  # pylint: disable=g-import-not-at-top
+  loop.train(_run_config(2), str(tmp_path / "resumed"))
+  loop.train(_run_config(4), str(tmp_path / "resumed"))
+  unbroken, resumed = _checkpoint_values(trained), _checkpoint_values(str(tmp_path / "resumed"))
   assert any("generator_ab" in k for k in unbroken)
   assert unbroken["model/pool_b/count/.ATTRIBUTES/VARIABLE_VALUE"] == 12
   assert (np.abs(unbroken["model/pool_a/images/.ATTRIBUTES/VARIABLE_VALUE"]).max(axis=(1, 2, 3)) > 0).all()
@@ -291,26 +308,21 @@ def test_a_resumed_run_equals_the_unbroken_one(tmp_path):
     np.testing.assert_array_equal(resumed[key], value, err_msg=key)
 
 
-def test_translate_and_evaluate_a_trained_run(tmp_path):
+def test_translate_and_evaluate_a_trained_run(trained, tmp_path):
   import io  # pylint: disable=g-import-not-at-top
   from evaluation.evaluator import EvalSettings  # pylint: disable=g-import-not-at-top
-  from launch import loop  # pylint: disable=g-import-not-at-top
   from launch import scoring  # pylint: disable=g-import-not-at-top
   from tests.conftest import run_module  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path / "cyclegan")
-  config = tiny()
-  config.update(resolution=32, batch_size=4, steps=2, checkpoint_every=2, sample_every=2, histogram_every=0)
-  loop.train(config, workdir)
   for name in ("a_to_b_to_a", "b_to_a_to_b"):
-    assert os.path.exists(os.path.join(workdir, "samples", f"{name}_0000002.png")), name
+    assert os.path.exists(os.path.join(trained, "samples", f"{name}_0000004.png")), name
   out = str(tmp_path / "grid.png")  # the command line is the point here: the one subprocess
-  translated = run_module("launch.translate", f"--workdir={workdir}", "--input=embedded:mnist:test", "--num=6",
+  translated = run_module("launch.translate", f"--workdir={trained}", "--input=embedded:mnist:test", "--num=6",
                           "--cycle", f"--out={out}")
   assert translated.returncode == 0, translated.stderr[-2000:]
   from PIL import Image  # pylint: disable=g-import-not-at-top
   assert Image.open(out).size == (2 * (3 * 32 + 1) + 1, 3 * 33 + 1)  # 6 rows of 3 images in a 2-wide grid
   stream = io.StringIO()
-  evaluator = scoring.evaluate_checkpoint(workdir, EvalSettings(metrics="translation", nll_num=20), stream=stream,
+  evaluator = scoring.evaluate_checkpoint(trained, EvalSettings(metrics="translation", nll_num=20), stream=stream,
                                           progress=False)
   values = evaluator.last_record["metrics"]
   assert "paired error" in stream.getvalue() and "embedded:mnist-a:test" in stream.getvalue()
@@ -318,18 +330,13 @@ def test_translate_and_evaluate_a_trained_run(tmp_path):
   assert 0 <= values["label_agreement"] <= 1 and values["label_reference"] >= 0.9
 
 
-def test_an_exported_translator_serves_both_directions_without_genscale(tmp_path):
-  from launch import loop  # pylint: disable=g-import-not-at-top
+def test_an_exported_translator_serves_both_directions_without_genscale(trained, tmp_path):
   from launch import serving  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path / "run")
-  config = tiny()
-  config.update(steps=1, checkpoint_every=1, sample_every=100, histogram_every=0)
-  loop.train(config, workdir)
-  run = rundir.load_run(workdir)
+  run = rundir.load_run(trained)
   path = serving.export(run, str(tmp_path / "export"))
   loaded = tf.saved_model.load(path)
   assert set(loaded.signatures) == {"serving_default", "b_to_a"}
-  digits = embedded.load("test")[0][:3, 8:24, 8:24]  # 16x16 crops: the run's size
+  digits = embedded.load("test")[0][:3]
   for name, direction in (("serving_default", "AtoB"), ("b_to_a", "BtoA")):
     out = loaded.signatures[name](images=tf.constant(digits))
     expected = serving.to_uint8(run.model.translate(tf.constant(digits, tf.float32) / 127.5 - 1.0, direction))
