@@ -94,7 +94,9 @@ def check_resume_compatible(config, workdir):
     raise UserError(f"--workdir {workdir} holds a {stored.model.name} run, not {config.model.name}; "
                     "use a new --workdir")
   old, new = _shape_signature(stored), _shape_signature(config)
-  changed = [k for k in new if old.get(k) != new[k]]
+  # A key the stored config lacks came after the run was made (it ran with that key's default): not a change.
+  absent = {f"model.{k}" for k in models.shape_keys(config) if k not in stored.model}
+  changed = [k for k in new if k not in absent and old.get(k) != new[k]]
   if changed:
     k = changed[0]
     raise UserError(f"--workdir {workdir} holds a run with {k}={old.get(k)}, but this config has {k}={new[k]}; "

@@ -163,3 +163,17 @@ def test_devices_prints_what_a_config_would_train_on():
   assert result.returncode == 0, result.stderr[-2000:]
   assert "strategy=cpu replicas=2 workers=1 precision=float32" in result.stdout and "CPU:1" in result.stdout
   assert "global batch 64: 32 per replica, 10 steps per compiled call" in result.stdout
+
+
+def test_a_run_stored_before_a_shape_key_existed_resumes(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from launch import rundir  # pylint: disable=g-import-not-at-top
+  config = rundir.prepare_config(_small_config(steps=40))
+  stored = config.to_dict()
+  for key in ("architecture", "g_mlp_widths", "d_mlp_widths"):  # shape keys that came later: conv, the default
+    del stored["model"][key]
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  rundir.check_resume_compatible(config, str(tmp_path))
+  config.model.g_width = 16  # a key the stored run has is still checked
+  with pytest.raises(UserError, match="holds a run with model.g_width=8"):
+    rundir.check_resume_compatible(config, str(tmp_path))
