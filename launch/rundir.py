@@ -73,6 +73,14 @@ def _shape_signature(config):
   return keys
 
 
+def _shape_changes(stored, config):
+  """[(key, stored value, new value)] of the shape keys ``config`` changes from the ``stored`` run's. A key the
+  stored config lacks came after the run was made (it ran with that key's default): not a change."""
+  old, new = _shape_signature(stored), _shape_signature(config)
+  absent = {f"model.{k}" for k in models.shape_keys(config) if k not in stored.model}
+  return [(k, old.get(k), new[k]) for k in new if k not in absent and old.get(k) != new[k]]
+
+
 def _read_config(workdir):
   """The run's stored config. Raises UserError, touching nothing, when the file is not a config."""
   path = os.path.join(workdir, "config.json")
@@ -93,14 +101,11 @@ def check_resume_compatible(config, workdir):
   if stored.model.name != config.model.name:
     raise UserError(f"--workdir {workdir} holds a {stored.model.name} run, not {config.model.name}; "
                     "use a new --workdir")
-  old, new = _shape_signature(stored), _shape_signature(config)
-  # A key the stored config lacks came after the run was made (it ran with that key's default): not a change.
-  absent = {f"model.{k}" for k in models.shape_keys(config) if k not in stored.model}
-  changed = [k for k in new if k not in absent and old.get(k) != new[k]]
+  changed = _shape_changes(stored, config)
   if changed:
-    k = changed[0]
-    raise UserError(f"--workdir {workdir} holds a run with {k}={old.get(k)}, but this config has {k}={new[k]}; "
-                    f"resume with --config.{k}={old.get(k)} or use a new --workdir")
+    k, old, new = changed[0]
+    raise UserError(f"--workdir {workdir} holds a run with {k}={old}, but this config has {k}={new}; "
+                    f"resume with --config.{k}={old} or use a new --workdir")
 
 
 def write_config(config, info, workdir):
@@ -187,8 +192,7 @@ def init_from(model, config, source):
   source = str(source)
   if tf.io.gfile.exists(os.path.join(source, "config.json")):
     other, _ = read_run(source)
-    old, new = _shape_signature(other), _shape_signature(config)
-    changed = [f"{k}: {old.get(k)!r} there, {new[k]!r} here" for k in new if old.get(k) != new[k]]
+    changed = [f"{k}: {old!r} there, {new!r} here" for k, old, new in _shape_changes(other, config)]
     require(not changed, f"--config.init_from={source} holds networks of another shape ({'; '.join(changed)}); "
             "start from a run with the same settings")
     path = checkpoint_path(source)

@@ -46,7 +46,11 @@ def resolve(config):
   require(height == width and height >= 8 and height & (height - 1) == 0,
           f"--config.resolution={config.resolution}: StyleGAN2 needs a square power of two of at least 8 "
           "(e.g. 32, 256 or 1024)")
+  require_choice(m.style_block, tuple(networks.STYLE_BLOCKS), "--config.model.style_block")
   require_choice(m.modconv, ops.MODCONV_IMPLS, "--config.model.modconv")
+  require(m.style_block == "modulated" or m.modconv == "scaled",
+          f"--config.model.modconv={m.modconv} picks how modulated convolutions run, and "
+          f"--config.model.style_block={m.style_block} has none: leave modconv at scaled")
   require_choice(m.filter_impl, ("auto",) + ops.FILTER_IMPLS, "--config.model.filter_impl")
   require_choice(m.synthesis_up, networks.SYNTHESIS_UP, "--config.model.synthesis_up")
   require_choice(m.output_activation, networks.OUTPUT_ACTIVATIONS, "--config.model.output_activation")
@@ -85,7 +89,7 @@ def truncate(ws, w_avg, psi):
 class StyleGAN2(base.GenerativeModel):
   """StyleGAN2 with ADA; ``config.model`` must have been through ``resolve``."""
 
-  shape_keys = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "conditional")
+  shape_keys = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "conditional", "style_block")
 
   @classmethod
   def check_hardware(cls, config, hardware):
@@ -102,6 +106,8 @@ class StyleGAN2(base.GenerativeModel):
   def __init__(self, config, info, hardware):
     super().__init__(name="stylegan2")
     m = ml_collections.ConfigDict(config.model.to_dict())  # a private copy: "auto" settings resolved below
+    if "style_block" not in m:  # a run written before the setting existed
+      m.style_block = "modulated"
     if m.filter_impl == "auto":
       m.filter_impl = ops.filter_impl_for(hardware.xla or hardware.device == "tpu")
     compute_dtype = hardware.compute_dtype

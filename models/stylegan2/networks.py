@@ -11,6 +11,12 @@ Generator:
   per-pixel noise times a learned strength, bias, leaky ReLU; a 1x1 modulated toRGB per resolution, summed into
   the upsampled RGB image (the "skip" architecture), optionally through tanh. Layer i takes w_i of ws
   [b, num_ws, w_dim]: one w per convolution, and each toRGB shares the w of the next block's first convolution.
+Generator with ``style_block=adain``: StyleGAN (Karras et al. 2018) instead of StyleGAN2. Same mapping network,
+  learned constant, noise inputs, ws, up path and output activation; each synthesis layer is [3x3 conv (2x up)],
+  noise times a learned per-channel strength, bias, leaky ReLU, instance normalisation, then a per-channel scale and
+  bias from w (AdaIN). At 4x4 the constant itself goes through such a layer before the 3x3 one, as in StyleGAN, so
+  num_ws is the same as StyleGAN2's. The output is StyleGAN's: one plain 1x1 toRGB (no style) after the last block,
+  the network StyleGAN's progressive growing ends with (no growing here, and not StyleGAN2's skip sum).
 Discriminator:
   fromRGB 1x1 -> per resolution: 3x3 conv, 3x3 conv with 2x down, plus a 1x1 down-sampled skip, summed with gain
   sqrt(1/2) -> at 4x4: minibatch standard deviation, 3x3 conv, dense, and a linear output. Conditional
@@ -121,10 +127,61 @@ class ModulatedLayer(tf.Module):
     return ops.bias_act(x, self.bias, activation="lrelu", clamp=self.clamp)
 
 
+class AdaINLayer(tf.Module):
+  """StyleGAN's (2018) synthesis layer: 3x3 convolution, per-pixel noise times a learned per-channel strength, bias,
+  leaky ReLU, instance normalisation, then the style: a per-channel scale ys and bias yb from w (AdaIN).
+
+  The style is one equalized affine map of w to 2C values, as StyleGAN's ``style_mod``: ys = 1 + A_s(w) starts
+  around 1 and yb = A_b(w) around 0. The activation's gain and the conv clamp act before the normalisation (the gain
+  cancels there; the clamp keeps float16 finite); the output is clamped as well.
+
+  Args:
+    cin: input feature maps, or None for the layer on the learned 4x4 constant (no convolution).
+    up: 2x upsampling, as ModulatedLayer's: the transposed convolution then the low-pass filter (``filtered``), or
+      nearest-neighbour copies then the 3x3 convolution (``nearest``).
+  """
+
+  def __init__(self, m, w_dim, cin, cout, keys, dtype, up=False, name=None):
+    super().__init__(name=name)
+    self.dtype = dtype
+    self.nearest_up = up and m.synthesis_up == "nearest"
+    self.filtered_up = up and not self.nearest_up
+    self.filter_impl = m.filter_impl
+    self.clamp = None if m.conv_clamp is None else float(m.conv_clamp)
+    self.weight = None
+    if cin is not None:
+      self.weight = tf.Variable(_normal([3, 3, cin, cout], keys()), name="weight")
+      self.weight_gain = 1.0 / math.sqrt(cin * 9)
+    self.noise_strength = tf.Variable(tf.zeros([cout]), name="noise_strength")
+    self.bias = tf.Variable(tf.zeros([cout]), name="bias")
+    self.affine = layers.Dense(w_dim, 2 * cout, keys, equalized=True, gain=1.0, name="affine")
+
+  def styles(self, w):
+    """The per-channel scale ys and bias yb [b, C], float32."""
+    scale_offset, bias = tf.split(self.affine(w), 2, axis=-1)
+    return 1.0 + scale_offset, bias
+
+  def __call__(self, x, w, noise=None):
+    x = tf.cast(x, self.dtype)
+    if self.weight is not None:
+      if self.nearest_up:
+        x = ops.upsample_nearest(x)
+      x = ops.conv2d(x, self.weight * self.weight_gain, up=self.filtered_up)
+      if self.filtered_up:
+        x = ops.fir(x, 1, 1, gain=4.0, impl=self.filter_impl)
+    if noise is not None:
+      x = x + tf.cast(noise * self.noise_strength, self.dtype)
+    x = ops.bias_act(x, self.bias, activation="lrelu", clamp=self.clamp)
+    return ops.bias_act(ops.adain(x, *self.styles(w)), clamp=self.clamp)
+
+
 class SynthesisBlock(tf.Module):
   """One resolution of the synthesis network: (const or 2x-up conv), conv, toRGB."""
 
-  def __init__(self, m, cin, cout, resolution, channels, keys, dtype):
+  rgb_styles = 1  # each toRGB is modulated by the w that follows its block's convolutions: one more after the last
+
+  def __init__(self, m, cin, cout, resolution, channels, keys, dtype, last=False):
+    del last  # every block has a toRGB
     super().__init__(name=f"block{resolution}")
     self.resolution, self.dtype, self.filter_impl = resolution, dtype, m.filter_impl
     w_dim = int(m.w_dim)
@@ -151,6 +208,44 @@ class SynthesisBlock(tf.Module):
     return x, img
 
 
+class AdaINBlock(tf.Module):
+  """One resolution of StyleGAN's (2018) synthesis network: at 4x4 the constant's AdaIN layer and a 3x3 one, above
+  a 2x-up layer and a 3x3 one; the last block's plain 1x1 toRGB (float32, equalized, no style) gives the image."""
+
+  rgb_styles = 0
+
+  def __init__(self, m, cin, cout, resolution, channels, keys, dtype, last=False):
+    super().__init__(name=f"block{resolution}")
+    self.resolution, self.dtype = resolution, dtype
+    w_dim = int(m.w_dim)
+    # The styled layers, each with its own w and noise image (named convs as in SynthesisBlock).
+    if resolution == 4:
+      self.const = tf.Variable(_normal([4, 4, cout], keys()), name="const")
+      self.convs = [AdaINLayer(m, w_dim, None, cout, keys, dtype, name="const_adain"),
+                    AdaINLayer(m, w_dim, cout, cout, keys, dtype, name="conv1")]
+    else:
+      self.convs = [AdaINLayer(m, w_dim, cin, cout, keys, dtype, up=True, name="conv0"),
+                    AdaINLayer(m, w_dim, cout, cout, keys, dtype, name="conv1")]
+    clamp = None if m.conv_clamp is None else float(m.conv_clamp)
+    self.torgb = Conv(cout, channels, 1, keys, tf.float32, activation="linear", clamp=clamp,
+                      name="torgb") if last else None
+
+  @property
+  def num_conv(self):
+    return len(self.convs)
+
+  def __call__(self, x, img, ws, noises):
+    """ws: [b, >= num_conv, w_dim]; noises: one [b, R, R, 1] float32 per layer (or None)."""
+    if self.resolution == 4:
+      x = tf.broadcast_to(tf.cast(self.const, self.dtype)[None], [tf.shape(ws)[0], 4, 4, self.const.shape[-1]])
+    for i, layer in enumerate(self.convs):
+      x = layer(x, ws[:, i], noises[i])
+    return x, (img if self.torgb is None else self.torgb(x))
+
+
+STYLE_BLOCKS = {"modulated": SynthesisBlock, "adain": AdaINBlock}
+
+
 class SynthesisNetwork(tf.Module):
   """ws [b, num_ws, w_dim] -> images float32 [b, R, R, C]: linear like the reference's, or through tanh
   (``output_activation``)."""
@@ -162,15 +257,16 @@ class SynthesisNetwork(tf.Module):
     self.blocks = []
     log2 = int(math.log2(resolution))
     cin = 0
+    block_type = STYLE_BLOCKS[m.style_block]
     for res in [2**i for i in range(2, log2 + 1)]:
       cout = channels_at(res, int(m.channel_base), int(m.channel_max))
       dtype = block_dtype(res, resolution, int(m.reduced_precision_res), compute_dtype)
-      self.blocks.append(SynthesisBlock(m, cin, cout, res, channels, keys, dtype))
+      self.blocks.append(block_type(m, cin, cout, res, channels, keys, dtype, last=res == resolution))
       cin = cout
-    self.num_ws = sum(b.num_conv for b in self.blocks) + 1
+    self.num_ws = sum(b.num_conv for b in self.blocks) + self.blocks[-1].rgb_styles
 
   def noise_shapes(self):
-    """[(H, W, 1)] for each convolution, in layer order."""
+    """[(H, W, 1)] for each styled layer (each convolution; with adain also the constant's layer), in order."""
     return [(b.resolution, b.resolution, 1) for b in self.blocks for _ in b.convs]
 
   def __call__(self, ws, noises=None):

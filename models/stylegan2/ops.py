@@ -9,9 +9,11 @@ The reference implementations use custom CUDA kernels for three things; here eac
   modulated convolution             either one convolution shared by the batch with the activations scaled
                                     before and after it (``scaled``), or one grouped convolution with a kernel
                                     per example (``grouped``); both give the same result (see ``modulated_conv``).
+StyleGAN's (2018) adaptive instance normalisation (``adain``) and the plain convolution it follows (``conv2d``,
+with the same 2x up path) are here too.
 
 Layout is NHWC throughout. Functions take and return tensors of the caller's dtype; statistics (demodulation
-coefficients, minibatch standard deviation) are computed in float32.
+coefficients, instance-normalisation moments, minibatch standard deviation) are computed in float32.
 """
 
 import math
@@ -20,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from genscale.errors import UserError
+from models import layers
 
 # The binomial low-pass filter of StyleGAN2 (and ProGAN's blur), one dimension; its 2-D form is the outer product.
 FILTER_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -311,6 +314,29 @@ def modulated_conv(x, weight, styles, demodulate=True, up=False, impl="scaled"):
   if impl == "grouped":
     return _grouped_modconv(x, weight, styles, demod, up)
   raise ValueError(f"unknown modulated convolution {impl!r}")
+
+
+# ---- StyleGAN (2018): plain convolution and adaptive instance normalisation
+
+
+def conv2d(x, weight, up=False):
+  """One convolution shared by the batch: 'SAME', or with ``up`` the stride-2 transposed convolution that
+  ``modulated_conv(up=True)`` uses, [b, H, W] -> [b, 2H+1, 2W+1] (the caller low-pass filters it back to 2H x 2W).
+  ``weight``: [k, k, in, out] float32, already multiplied by its equalized-learning-rate gain."""
+  kernel = tf.cast(weight, x.dtype)
+  if up:
+    return _transposed_conv_up(x, kernel)
+  return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+
+
+def adain(x, scale, bias, epsilon=1e-8):
+  """Adaptive instance normalisation (Huang & Belongie 2017; StyleGAN eq. 1): each example's channel normalised to
+  zero mean and unit variance over H x W (``layers.instance_norm``, with StyleGAN's epsilon 1e-8), times ``scale``
+  plus ``bias``, both [b, C]. So each output channel has mean ``bias`` and standard deviation |``scale``| (up to
+  epsilon). Moments and style in float32, whatever x's dtype; the result is cast back once."""
+  y = layers.instance_norm(tf.cast(x, tf.float32), epsilon)
+  y = y * tf.cast(scale, tf.float32)[:, None, None, :] + tf.cast(bias, tf.float32)[:, None, None, :]
+  return tf.cast(y, x.dtype)
 
 
 # ---- discriminator helpers

@@ -109,7 +109,7 @@ def test_dry_run_prints_the_resolved_config_and_the_variants_and_trains_nothing(
   assert result.returncode == 0, result.stderr[-2000:]
   assert '"steps": 7' in result.stdout and '"name": "dcgan"' in result.stdout
   assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("variant ")] == [
-      "variant cpu", "variant gpu", "variant tpu"]
+      "variant cpu", "variant cpu_mlp", "variant gpu", "variant tpu"]
   assert "genscale: dcgan on" not in result.stdout  # nothing was built
 
 
