@@ -10,9 +10,9 @@ What is compiled here, for each family, in ``mixed_bfloat16`` with the strategy 
     autoencoder's reconstructions), XLA-compiled.
 An op XLA can't compile (``tf.py_function``, ``tf.print``, a bicubic resize, a dynamic shape) fails the test. XLA
 under MirroredStrategy (per-replica gradients only) is tested in test_loop.py. Only what a CPU can't hold is
-changed: the data (the embedded digits, so resolution at most 32; StyleGAN2 at 16), the global batch, and the
-network widths (the papers' 128-512 feature maps take minutes to compile on a CPU; the code paths are the same at
-any width and depth).
+changed: the data (the embedded digits, so resolution at most 32; StyleGAN2 at 8; CycleGAN's two domains are
+their halves), the global batch, and the network widths (the papers' 128-512 feature maps take minutes to compile
+on a CPU; the code paths are the same at any width and depth).
 """
 
 import glob
@@ -48,7 +48,8 @@ _RESOLUTION = {"stylegan2": 8, "ddpm": 16, "edm": 16}
 # Per family: the DDPM U-Net keeps two levels (the down- and upsampling paths compile there); EDM's own parts
 # (preconditioning, loss weighting, the Heun sampler) compile around the same U-Net code with one level, at half
 # the compile time.
-_FAMILY = {"edm": {"channel_mults": "1"}}
+# CycleGAN: one residual block at narrow widths (the block's code is the same for 1 or 9).
+_FAMILY = {"edm": {"channel_mults": "1"}, "cyclegan": {"g_width": 8, "d_width": 8, "residual_blocks": 1}}
 
 
 def tpu_config(name):
@@ -57,7 +58,8 @@ def tpu_config(name):
 
 def _on_one_cpu(config):
   with config.unlocked():
-    config.data = "embedded:mnist"
+    # The embedded digits; a translator's two domains are their halves.
+    config.data = "unpaired:embedded:mnist-a|embedded:mnist-b" if config.model.name == "cyclegan" else "embedded:mnist"
     config.resolution = _RESOLUTION.get(config.model.name, min(32, int(str(config.resolution).split("x")[0])))
     config.batch_size = 4
     for key, value in {**_CPU_SIZED, **_FAMILY.get(config.model.name, {})}.items():

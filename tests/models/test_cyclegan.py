@@ -283,10 +283,17 @@ def _run_config(steps):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """The workdir of a 4-step run at 32x32: the 12-image pools fill in steps 0-2 and swap in step 3."""
-  from launch import loop  # pylint: disable=g-import-not-at-top
+  """The workdir of a 4-step run at 32x32 from the command line (``_run_config(4)`` as flags): the 12-image pools
+  fill in steps 0-2 and swap in step 3."""
+  from tests.conftest import run_module  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("cyclegan") / "unbroken")
-  loop.train(_run_config(4), workdir)
+  flags = {"resolution": 32, "batch_size": 4, "steps": 4, "sample_every": 4, "histogram_every": 0, "log_every": 2,
+           "checkpoint_every": 2, "runtime.steps_per_loop": 1, "model.g_width": 4, "model.d_width": 4,
+           "model.residual_blocks": 1, "model.pool_size": 12, "model.decay_start": 1.0}
+  done = run_module("launch.train", "--config=launch/configs/cyclegan.py:cpu", f"--workdir={workdir}",
+                    *(f"--config.{k}={v}" for k, v in flags.items()))
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert rundir.read_run(workdir)[0].to_dict() == rundir.prepare_config(_run_config(4)).to_dict()  # the same run
   return workdir
 
 
