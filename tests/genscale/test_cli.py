@@ -37,7 +37,7 @@ GOOD = "--config=launch/configs/dcgan.py:cpu"
 
 @pytest.mark.parametrize("args,expected", [
     (["--config=launch/configs/dcgan.py:nope", "--workdir=w"],
-     "unknown variant 'nope' of launch/configs/dcgan.py: choose one of cpu, gpu, tpu"),
+     "unknown variant 'nope' of launch/configs/dcgan.py: choose one of cpu, cpu_mlp, gpu, tpu"),
     ([GOOD, "--config.modle.lr=1", "--workdir=w"],
      "--config.modle.lr: the config launch/configs/dcgan.py has no key 'modle.lr'; did you mean --config.model.lr?"),
     ([GOOD, "--config.model.lrr=1", "--workdir=w"], "did you mean --config.model.lr?"),
