@@ -187,6 +187,8 @@ class Trainer:
     """Runs phases for one replica; returns (metrics, statistics, gradients); with ``diagnostics``, also the global
     gradient norm and gradients."""
     context = tf.distribute.get_replica_context()
+    with tf.control_dependencies([position]):  # no work before the input-wait clock has read the batch's arrival
+      batch = tf.nest.map_structure(tf.identity, batch)
     key = tf.stack([tf.constant(self.seed, tf.int64), position])
     out, statistics, gradients = {}, {}, {}
     for phase in phases:
@@ -247,10 +249,9 @@ class Trainer:
   def _one_step(self, iterator, previous_step_done, diagnostics=False):
     """One training step; returns (all metrics finite, the new step counter value, diagnostic gradients).
 
-    The input-wait clock starts when the previous step has finished, and the step's counter and random key hang
-    on the batch, so no work of the step runs before its batch arrives: the wait is idle time. The step's
-    share of it is logged as the ratio ``perf/input_wait_fraction`` (waiting / step time). Not with
-    ``runtime.deterministic``: TensorFlow's op determinism refuses to read the clock in a graph.
+    The input-wait clock runs from the previous step's end to the batch's arrival; no work of the step starts before
+    it is read (``_replica_phases``), so the wait is idle time, logged as ``perf/input_wait_fraction`` of the step.
+    Not with ``runtime.deterministic``: TensorFlow's op determinism refuses to read the clock in a graph.
     """
     if self.runtime.deterministic:
       with tf.control_dependencies([previous_step_done]):
@@ -267,7 +268,7 @@ class Trainer:
     with tf.control_dependencies([waited]):
       step = tf.identity(self.step)
     finite, done, gradients = self._steps[diagnostics](batch, step)
-    with tf.control_dependencies([done]):
+    with tf.control_dependencies([done, finite]):  # the counter alone may be written before the losses are done
       elapsed = tf.timestamp() - start
     self._metrics.add("perf/input_wait_fraction", (tf.cast(waited, tf.float32), tf.cast(elapsed, tf.float32)))
     return finite, done, gradients
