@@ -175,7 +175,24 @@ class AdaINLayer(tf.Module):
     return ops.bias_act(ops.adain(x, *self.styles(w)), clamp=self.clamp)
 
 
-class SynthesisBlock(tf.Module):
+class _StyledLayers(tf.Module):
+  """What both kinds of synthesis block share: the learned constant at 4x4, then the styled layers ``convs``, each
+  with its own w and noise image."""
+
+  @property
+  def num_conv(self):
+    return len(self.convs)
+
+  def styled(self, x, ws, noises):
+    """The block's feature maps: ``x`` (the constant at 4x4) through every layer of ``convs``."""
+    if self.resolution == 4:
+      x = tf.broadcast_to(tf.cast(self.const, self.dtype)[None], [tf.shape(ws)[0], 4, 4, self.const.shape[-1]])
+    for i, conv in enumerate(self.convs):
+      x = conv(x, ws[:, i], noises[i])
+    return x
+
+
+class SynthesisBlock(_StyledLayers):
   """One resolution of the synthesis network: (const or 2x-up conv), conv, toRGB."""
 
   rgb_styles = 1  # each toRGB is modulated by the w that follows its block's convolutions: one more after the last
@@ -193,22 +210,15 @@ class SynthesisBlock(tf.Module):
                     ModulatedLayer(m, w_dim, cout, cout, resolution, keys, dtype, name="conv1")]
     self.torgb = ModulatedLayer(m, w_dim, cout, channels, resolution, keys, dtype, kind="torgb", name="torgb")
 
-  @property
-  def num_conv(self):
-    return len(self.convs)
-
   def __call__(self, x, img, ws, noises):
     """ws: [b, num_conv + 1, w_dim]; noises: one [b, R, R, 1] float32 per convolution (or None)."""
-    if self.resolution == 4:
-      x = tf.broadcast_to(tf.cast(self.const, self.dtype)[None], [tf.shape(ws)[0], 4, 4, self.const.shape[-1]])
-    for i, conv in enumerate(self.convs):
-      x = conv(x, ws[:, i], noises[i])
+    x = self.styled(x, ws, noises)
     y = self.torgb(x, ws[:, self.num_conv])
     img = y if img is None else ops.upsample2d(img, self.filter_impl) + y
     return x, img
 
 
-class AdaINBlock(tf.Module):
+class AdaINBlock(_StyledLayers):
   """One resolution of StyleGAN's (2018) synthesis network: at 4x4 the constant's AdaIN layer and a 3x3 one, above
   a 2x-up layer and a 3x3 one; the last block's plain 1x1 toRGB (float32, equalized, no style) gives the image."""
 
@@ -230,16 +240,9 @@ class AdaINBlock(tf.Module):
     self.torgb = Conv(cout, channels, 1, keys, tf.float32, activation="linear", clamp=clamp,
                       name="torgb") if last else None
 
-  @property
-  def num_conv(self):
-    return len(self.convs)
-
   def __call__(self, x, img, ws, noises):
     """ws: [b, >= num_conv, w_dim]; noises: one [b, R, R, 1] float32 per layer (or None)."""
-    if self.resolution == 4:
-      x = tf.broadcast_to(tf.cast(self.const, self.dtype)[None], [tf.shape(ws)[0], 4, 4, self.const.shape[-1]])
-    for i, layer in enumerate(self.convs):
-      x = layer(x, ws[:, i], noises[i])
+    x = self.styled(x, ws, noises)
     return x, (img if self.torgb is None else self.torgb(x))
 
 
