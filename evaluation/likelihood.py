@@ -84,8 +84,8 @@ def method_of(model):
 
 
 def check_model(model):
-  require(method_of(model) in METHODS, f"--metrics=nll needs a model with a likelihood (vae, rbm, fvsbn, hmm, "
-          f"mixture); {type(model).__name__} has none")
+  require(method_of(model) in METHODS, f"--metrics=nll needs a model with a likelihood of images (vae, rbm, fvsbn, "
+          f"hmm, mixture, imagegpt over pixels); {type(model).__name__} has none")
 
 
 class LikelihoodRunner:

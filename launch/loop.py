@@ -87,9 +87,12 @@ def _train(config, workdir, runtime, source, signals):
   store = checkpoints.Store(workdir, trainer.checkpoint, config.keep_checkpoints, config.milestone_every,
                             runtime.is_chief, asynchronous=config.async_checkpoints)
   store.remove_orphans()
-  if store.restore_latest(warn=print) is None and config.get("init_from"):
-    path = rundir.init_from(trainer.model, config, config.init_from)
-    print(f"networks from {path}; the optimizer, the counters and model state start fresh", flush=True)
+  if store.restore_latest(warn=print) is None:
+    for path in rundir.restore_pretrained(trainer.model):
+      print(f"pretrained part from {path}", flush=True)
+    if config.get("init_from"):
+      path = rundir.init_from(trainer.model, config, config.init_from)
+      print(f"networks from {path}; the optimizer, the counters and model state start fresh", flush=True)
   trainer.mark_start()
   step = int(trainer.step.numpy())
   monitor = monitor_lib.Monitor(workdir, config.steps, step, enabled=runtime.is_chief)

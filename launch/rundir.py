@@ -63,7 +63,43 @@ def prepare_config(config):
   pipelines.parse_resolution(config.resolution)
   pipelines.InputOptions.from_config(config.get("input"))
   periodic_eval.check_config(config)
+  _attach_tokenizer(config)
   return models.resolve(config)
+
+
+def _attach_tokenizer(config):
+  """A model of VQ tokens (``model.tokens=vq``) gets the config of the VQ-VAE run ``model.vq_workdir`` as
+  ``model.vq``: the model builds the VQ-VAE from it, and the run's own config.json keeps it. The data's resolution
+  and channels must be the VQ-VAE's."""
+  m = config.model
+  if m.get("tokens") != "vq" or m.get("vq") is not None:
+    return
+  source = m.get("vq_workdir")
+  require(source, "--config.model.tokens=vq needs --config.model.vq_workdir=DIR, a trained VQ-VAE run "
+          "(launch/configs/vqvae.py)")
+  require(tf.io.gfile.exists(os.path.join(source, "config.json")),
+          f"--config.model.vq_workdir={source} is not a run directory (no config.json)")
+  vq, _ = read_run(source)
+  require(vq.model.name == "vqvae", f"--config.model.vq_workdir={source} holds a {vq.model.name} run; the tokens "
+          "come from a trained VQ-VAE (launch/configs/vqvae.py)")
+  for key in ("resolution", "channels"):
+    require(str(config[key]) == str(vq[key]), f"--config.{key}={config[key]} but the VQ-VAE of {source} takes "
+            f"{vq[key]}; set --config.{key}={vq[key]}")
+  m.vq = ml_collections.ConfigDict(vq.to_dict())
+
+
+def restore_pretrained(model):
+  """Sets the parts of a new run's model that come from other runs (``model.pretrained()``: {module: run
+  directory}, e.g. the VQ-VAE of a transformer over its codes) from their newest checkpoints. Returns the paths."""
+  paths = []
+  for module, source in getattr(model, "pretrained", dict)().items():
+    path = checkpoint_path(source)
+    try:
+      tf.train.Checkpoint(model=module).read(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+      raise UserError(f"{path} doesn't fit the {type(module).__name__} it should set ({_reason(e)[:300]})") from None
+    paths.append(path)
+  return paths
 
 
 def _shape_signature(config):

@@ -42,20 +42,25 @@ flags.DEFINE_string("precision", None, "runtime.precision; default the run's.")
 flags.DEFINE_bool("xla", None, "Compile sampling with XLA; default the run's setting.")
 # Model-specific sampling options; each model family accepts the ones that apply to it and refuses the others.
 flags.DEFINE_string("sampler", None, "Diffusion sampler: ddpm | ddim | euler | heun.")
-flags.DEFINE_integer("steps", None, "Diffusion sampling steps.")
+flags.DEFINE_integer("steps", None, "Diffusion sampling steps; MaskGIT decoding steps.")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (conditional diffusion models).")
 flags.DEFINE_float("eta", None, "DDIM stochasticity (0: deterministic).")
 flags.DEFINE_float("churn", None, "EDM stochastic churn S_churn.")
 flags.DEFINE_float("truncation", None, "Truncation psi against the average w (StyleGAN2).")
 flags.DEFINE_integer("mix_seed", None, "Style mixing: take the styles from this seed after --mix_layer (StyleGAN2).")
 flags.DEFINE_integer("mix_layer", None, "Style mixing: first layer that takes the styles of --mix_seed.")
+flags.DEFINE_float("temperature", None, "Token sampling temperature (transformers; 0: greedy, ImageGPT only).")
+flags.DEFINE_integer("top_k", None, "ImageGPT: draw from the k most likely tokens only (0: all).")
+flags.DEFINE_float("top_p", None, "ImageGPT: draw from the smallest set of tokens whose probability reaches p (1: all).")
+flags.DEFINE_float("choice_temperature", None, "MaskGIT: scale of the noise on the confidences that choose the "
+                   "tokens to keep.")
 flags.DEFINE_integer("interpolate", None, "Latent interpolation: frames between consecutive seeds (StyleGAN2).")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
 _OPTION_FLAGS = ("sampler", "steps", "guidance", "eta", "churn", "truncation", "mix_seed", "mix_layer",
-                 "interpolate")
+                 "interpolate", "temperature", "top_k", "top_p", "choice_temperature")
 
 
 def sample_options():

@@ -77,3 +77,6 @@ def _load_builtin():
   register("dbn", boltzmann.resolve_dbn, boltzmann.DBN)  # Hinton, Osindero & Teh 2006
   from models import cyclegan  # pylint: disable=g-import-not-at-top
   register("cyclegan", cyclegan.resolve, cyclegan.CycleGAN)  # Zhu et al. 2017
+  from models import transformer  # pylint: disable=g-import-not-at-top
+  register("imagegpt", transformer.resolve_imagegpt, transformer.ImageGPT)  # Chen et al. 2020
+  register("maskgit", transformer.resolve_maskgit, transformer.MaskGIT)  # Chang et al. 2022

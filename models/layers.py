@@ -168,17 +168,19 @@ class BatchNorm(Layer):
 
 
 class LayerNorm(Layer):
-  """Normalises each example over all its features (height, width and channels), in float32."""
+  """Normalises each example over all its features (height, width and channels), in float32; with
+  ``last_axis=True`` each position over its channels alone (a transformer's per-token normalisation)."""
 
-  def __init__(self, channels, *, epsilon=1e-5, dtype=tf.float32, name=None):
+  def __init__(self, channels, *, epsilon=1e-5, last_axis=False, dtype=tf.float32, name=None):
     super().__init__(dtype=dtype, name=name)
     self.epsilon = epsilon
+    self.last_axis = last_axis
     self.gamma = tf.Variable(tf.ones([channels]), name="gamma")
     self.beta = tf.Variable(tf.zeros([channels]), name="beta")
 
   def __call__(self, x):
     x32 = tf.cast(x, tf.float32)
-    axes = list(range(1, len(x.shape)))
+    axes = [-1] if self.last_axis else list(range(1, len(x.shape)))
     mean, variance = tf.nn.moments(x32, axes, keepdims=True)
     y = (x32 - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
     return self.cast(y)

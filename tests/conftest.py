@@ -61,6 +61,28 @@ def build_trainer(config, **runtime_overrides):
   return Trainer(config, runtime, pipelines.open_source(config.data))
 
 
+@pytest.fixture(scope="session")
+def tiny_vq_runs(tmp_path_factory):
+  """``runs(resolution)``: the workdir of a VQ-VAE of 8 codes trained for 2 steps on the embedded digits at that
+  resolution (a 4x smaller token grid), made once per resolution: the tokenizer a transformer over codes needs."""
+  made = {}
+
+  def runs(resolution):
+    if resolution not in made:
+      from launch import loop  # pylint: disable=g-import-not-at-top
+      from launch.configs import vqvae  # pylint: disable=g-import-not-at-top
+      c = vqvae.get_config("cpu")
+      c.update(resolution=resolution, batch_size=8, steps=2, log_every=1, checkpoint_every=2, sample_every=2,
+               histogram_every=0)
+      c.runtime.steps_per_loop = 1
+      c.model.update(widths="4,4", codebook_size=8, code_dim=4)
+      made[resolution] = str(tmp_path_factory.mktemp("vqvae") / f"run{resolution}")
+      loop.train(c, made[resolution])
+    return made[resolution]
+
+  return runs
+
+
 @pytest.fixture
 def tiny_dcgan():
   """A DCGAN config small enough for a step in well under a second."""

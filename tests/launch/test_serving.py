@@ -53,6 +53,9 @@ FAMILIES = {
     "ddpm": ("ddpm", "cpu", {"model.sampler": "ddim", "model.eta": 0.5}),
     "rbm": ("rbm", "cpu", {"model.hidden": 16}),  # Gibbs chains in the graph
     "dbn": ("dbn", "cpu", {"model.layers": "16,8"}),  # Gibbs in the top RBM, then a down pass
+    # Token after token from the key/value cache in a while loop; parallel decoding in 10 steps.
+    "imagegpt": ("imagegpt", "cpu", {"model.width": 16, "model.depth": 1, "model.heads": 2}),
+    "maskgit": ("maskgit", "cpu_pixels", {"model.width": 16, "model.depth": 1, "model.heads": 2}),
 }
 
 # What each family's requests set besides the seed: {input: values for seeds 1, 2, 7}.
@@ -60,6 +63,8 @@ SETTINGS = {
     "stylegan2": {"label": [3, 0, 9], "truncation": [1.0, 0.5, 0.7]},
     "edm": {"label": [3, 3, 0], "steps": [4, 2, 3], "guidance": [2.0, 1.0, 0.0]},
     "ddpm": {"label": [1, 2, 3], "steps": [3, 5, 1], "guidance": [1.0, 3.0, 1.0]},
+    "imagegpt": {"label": [3, 0, 9], "temperature": [1.0, 0.0, 0.7], "top_k": [0, 0, 4], "top_p": [1.0, 1.0, 0.9]},
+    "maskgit": {"label": [2, 5, 5], "temperature": [1.0, 0.5, 2.0], "choice_temperature": [4.5, 0.0, 1.0]},
 }
 SEEDS = [1, 2, 7]
 
@@ -200,6 +205,9 @@ def test_signatures_have_the_family_inputs_and_no_forbidden_op(exports):
       "edm": {"seed": tf.int64, "label": tf.int32, "steps": tf.int32, "guidance": tf.float32},
       "ddpm": {"seed": tf.int64, "label": tf.int32, "steps": tf.int32, "guidance": tf.float32},
       "rbm": {"seed": tf.int64}, "dbn": {"seed": tf.int64},
+      "imagegpt": {"seed": tf.int64, "label": tf.int32, "temperature": tf.float32, "top_k": tf.int32,
+                   "top_p": tf.float32},
+      "maskgit": {"seed": tf.int64, "label": tf.int32, "temperature": tf.float32, "choice_temperature": tf.float32},
   }
   for name, (run, path) in exports.items():
     loaded = tf.saved_model.load(path)

@@ -43,13 +43,15 @@ _CPU_SIZED = {"channels": 16, "num_blocks": 1, "channel_base": 512, "channel_max
 # Smaller images than the embedded digits' 32x32 where a family's CPU-sized network takes them: fewer blocks
 # compile faster. StyleGAN2 at 8x8 still has a synthesis block that upsamples and a discriminator block that
 # downsamples.
-_RESOLUTION = {"stylegan2": 8, "ddpm": 16, "edm": 16}
+_RESOLUTION = {"stylegan2": 8, "ddpm": 16, "edm": 16, "imagegpt": 16, "maskgit": 16}
 
 # Per family: the DDPM U-Net keeps two levels (the down- and upsampling paths compile there); EDM's own parts
 # (preconditioning, loss weighting, the Heun sampler) compile around the same U-Net code with one level, at half
 # the compile time.
 # CycleGAN: one residual block at narrow widths (the block's code is the same for 1 or 9).
-_FAMILY = {"edm": {"channel_mults": "1"}, "cyclegan": {"g_width": 8, "d_width": 8, "residual_blocks": 1}}
+# The transformers: two blocks of width 32 (the block's code is the same for 8 of 512).
+_FAMILY = {"edm": {"channel_mults": "1"}, "cyclegan": {"g_width": 8, "d_width": 8, "residual_blocks": 1},
+           "imagegpt": {"width": 32, "depth": 2, "heads": 2}, "maskgit": {"width": 32, "depth": 2, "heads": 2}}
 
 
 def tpu_config(name):
