@@ -11,6 +11,7 @@ All of this runs on the host; only the chief writes files (the Monitor and the c
 """
 
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -129,15 +130,19 @@ class LogLine(Action):
   with rates (after the first call, which includes tracing), learning rates, the EMA decay and model state."""
   measure = (GRAD_NORMS,)
 
-  def __init__(self, total, every, trainer, monitor):
+  def __init__(self, total, every, trainer, monitor, clock=time.monotonic):
     super().__init__(total)
     self.every, self.trainer, self.monitor = int(every), trainer, monitor
     self.window = {}
     self.clock_started = False
+    self.clock = clock
+    self.seconds_per_step = {}  # stage key -> seconds per step, measured by the log windows that stayed in it
+    self._mark = None  # (time, step, stage key) at the previous line
 
   def __call__(self, result):
     if not self.clock_started:  # rates start after the first call: it includes tracing and compilation
       self.monitor.start_clock(result.step, result.nimg)
+      self._mark = (self.clock(), result.step, result.stage.key)
       self.clock_started = True
     self.monitor.advance(result.step)
     self.window = metrics_lib.merge(self.window, result.metrics)
@@ -148,8 +153,20 @@ class LogLine(Action):
     extra = {"progress/ema_beta": float(trainer.ema_beta().numpy())}
     extra.update(trainer.optimizer_stats())
     extra.update({f"model/{k}": float(v) for k, v in trainer.model.scalars().items()})
-    self.monitor.log(result.step, metrics_lib.values(self.window), nimg=result.nimg, extra=extra)
+    self.monitor.log(result.step, metrics_lib.values(self.window), nimg=result.nimg, extra=extra,
+                     eta=self.eta(result))
     self.window = {}
+
+  def eta(self, result):
+    """Seconds left, stage by stage (``Stages.seconds_left``): each stage at its own measured pace, the stages not
+    reached yet scaled from the current one by their pixels per step. None before a window was timed."""
+    now, key = self.clock(), result.stage.key
+    start, first, first_key = self._mark
+    if first_key == key and result.step > first:
+      self.seconds_per_step.pop(key, None)  # re-inserted last: the stage timed most recently
+      self.seconds_per_step[key] = (now - start) / (result.step - first)
+    self._mark = (now, result.step, key)
+    return self.trainer.stages.seconds_left(result.nimg, self.total - result.step, self.seconds_per_step)
 
 
 class Histograms(Action):

@@ -67,11 +67,12 @@ class Monitor:
     if self._last_time is not None:
       self._last_time += seconds
 
-  def log(self, step, metrics, nimg, extra=None):
+  def log(self, step, metrics, nimg, extra=None, eta=None):
     """Writes a log line and TensorBoard scalars for the metrics averaged since the last log.
 
     ``metrics``: {name: value}, ``perf/input_wait_fraction`` among them; ``nimg``: images shown so far (steps
-    need not all have the same number of images: a growing GAN's batch per resolution).
+    need not all have the same number of images: a growing GAN's batch per resolution); ``eta``: seconds left, when
+    the caller knows better than the steps left at the overall pace.
     """
     now = time.monotonic()
     scalars = dict(metrics)
@@ -83,7 +84,8 @@ class Monitor:
     scalars.update(extra or {})
     self._last_time, self._last_step, self._last_nimg = now, step, nimg
     self.scalars(step, scalars)
-    eta = self.progress.eta_seconds() if self.progress.rate() > 0 else None
+    if eta is None and self.progress.rate() > 0:  # the caller's estimate (stage by stage), else steps at one pace
+      eta = self.progress.eta_seconds()
     # Model state (fade-in alpha, ADA p...) goes on the line too: it says where a run is as much as the losses do.
     state = {k: v for k, v in (extra or {}).items() if k.startswith("model/")}
     # Names with a second "/" (a VAE's KL per latent dimension) are details for TensorBoard, not for the line.

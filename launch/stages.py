@@ -20,17 +20,20 @@ class Stages:
   def __init__(self, model, config, num_replicas):
     self.model, self.config, self.num_replicas = model, config, int(num_replicas)
     self._phases = {}
+    self._seen = {}  # stage key -> stage
     nimg = 0
     while True:
-      stage = model.stage(nimg)
+      stage = self.at(nimg)
       self.phases(stage)
       if stage.end_nimg is None or len(self._phases) > 10_000:
         break
       nimg = int(stage.end_nimg)
 
   def at(self, nimg):
-    """The stage of the step that starts after ``nimg`` images."""
-    return self.model.stage(int(nimg))
+    """The stage of the step that starts after ``nimg`` images (remembered by key for ``seconds_left``)."""
+    stage = self.model.stage(int(nimg))
+    self._seen.setdefault(stage.key, stage)
+    return stage
 
   def batch(self, stage):
     """The stage's global batch."""
@@ -59,6 +62,35 @@ class Stages:
     if stage.end_nimg is None:
       return 2**62
     return max(1, -(-(int(stage.end_nimg) - int(nimg)) // self.batch(stage)))
+
+  def schedule(self, nimg, steps):
+    """[(stage, steps in it)]: the next ``steps`` training steps from ``nimg`` images, stage by stage."""
+    out, nimg, steps = [], int(nimg), int(steps)
+    while steps > 0:
+      stage = self.at(nimg)
+      count = min(self.steps_left(nimg), steps)
+      out.append((stage, count))
+      nimg += count * self.batch(stage)
+      steps -= count
+    return out
+
+  def work(self, stage):
+    """Pixels a step of ``stage`` processes (batch x height x width): how its cost scales between stages."""
+    height, width = self.resolution(stage)
+    return self.batch(stage) * height * width
+
+  def seconds_left(self, nimg, steps, measured):
+    """Estimated seconds of the next ``steps`` steps from ``nimg`` images, or None before any measurement.
+
+    ``measured`` maps the keys of stages already timed to their seconds per step, in the order they were timed. A
+    timed stage takes its own figure; any other takes the seconds per pixel of the stage timed last times its own
+    ``work``: a growing GAN's later resolutions cost more per step than the one running now."""
+    if not measured:
+      return None
+    last_key = list(measured)[-1]
+    per_pixel = measured[last_key] / self.work(self._seen[last_key])
+    return sum(count * measured.get(stage.key, per_pixel * self.work(stage))
+               for stage, count in self.schedule(nimg, steps))
 
   def position(self, nimg, offset):
     """The data-stream position of the step after ``nimg`` images, in steps of that stage's batch B.

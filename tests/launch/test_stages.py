@@ -120,3 +120,49 @@ def test_a_resumed_run_equals_the_unbroken_one_across_the_stage_change(tmp_path,
   assert unbroken.keys() == resumed.keys() and any("nimg" in k for k in unbroken)
   for key, value in unbroken.items():
     np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+# ---- the log line's ETA, stage by stage
+
+
+def test_the_eta_walks_the_stages_left_each_at_its_measured_or_scaled_pace():
+  from launch.stages import Stages  # pylint: disable=g-import-not-at-top
+  config = _config(steps=20)
+  stages = Stages(StagedMeanImage(config, None, base.Hardware()), config, 1)
+  # By hand: coarse is 3 steps of 8 images (24 images), then fine steps of 4. From 8 images, 20 steps:
+  assert [(s.key, n) for s, n in stages.schedule(8, 20)] == [("coarse", 2), ("fine", 18)]
+  assert stages.work(stages.at(0)) == 8 * 2 * 2 and stages.work(stages.at(CHANGE)) == 4 * 4 * 4
+  assert stages.seconds_left(8, 20, {}) is None
+  # Coarse timed at 0.1 s a step (32 pixels): fine, not timed yet, takes 64 pixels a step -> 0.2 s.
+  assert stages.seconds_left(8, 20, {"coarse": 0.1}) == pytest.approx(2 * 0.1 + 18 * 0.2)
+  # Once fine is timed, its own figure counts.
+  assert stages.seconds_left(CHANGE + 8, 10, {"coarse": 0.1, "fine": 0.5}) == pytest.approx(10 * 0.5)
+
+
+def test_the_log_line_passes_the_stage_aware_eta():
+  from launch import actions  # pylint: disable=g-import-not-at-top
+  trainer = build_trainer(_config(steps=8, log_every=1))
+  now = [100.0]
+  printed = []
+
+  class Monitor:
+    def start_clock(self, step, nimg):
+      pass
+
+    def advance(self, step):
+      pass
+
+    def log(self, step, metrics, nimg, extra=None, eta=None):
+      printed.append((step, eta))
+
+  log = actions.LogLine(8, 1, trainer, Monitor(), clock=lambda: now[0])
+  for _ in range(5):  # steps 1-3 coarse (8 images each), then fine (4 images, 4x the pixels of a coarse step)
+    log(trainer.run(1))
+    now[0] += 1.0  # every step takes a second on this clock
+  assert printed[0] == (1, None)  # nothing timed yet: the monitor falls back to its overall pace
+  # After step 2: coarse at 1 s a step; 1 coarse step left, then 5 fine ones scaled to 2 s each.
+  assert printed[1] == (2, pytest.approx(1 * 1.0 + 5 * 2.0))
+  # Step 4's window crossed into fine, so fine is still scaled from coarse: 4 steps of 2 s.
+  assert printed[3] == (4, pytest.approx(4 * 2.0))
+  # Step 5 timed fine itself at 1 s a step: 3 steps left.
+  assert printed[4] == (5, pytest.approx(3 * 1.0))
