@@ -13,7 +13,10 @@ Strategies (``runtime.strategy``):
   tpu          TPUStrategy; ``runtime.tpu=local`` on Colab and TPU VMs, or a TPU name / grpc address.
 
 Precision (``runtime.precision``): float32, mixed_float16 (with dynamic loss scaling) or mixed_bfloat16. Variables
-are always float32; models cast to the compute dtype and keep sensitive maths in float32.
+are always float32; models cast to the compute dtype and keep sensitive maths in float32. ``auto`` picks by device
+(``auto_precision``): mixed_bfloat16 on a TPU and on CPUs with native bfloat16 (AVX512_BF16 or AMX), mixed_float16 on
+GPUs with tensor cores (compute capability 7.0 or later), float32 otherwise; the runtime's description names the
+choice.
 
 XLA (``runtime.xla``): the per-replica forward and backward pass (losses and gradients) is compiled. Optimizer
 updates and variable assignments stay outside the compiled region, because XLA can't reach variables placed on
@@ -50,6 +53,7 @@ class Runtime:
   num_workers: int = 1
   xla_whole_step: bool = False
   deterministic: bool = False  # TensorFlow's op determinism is on (runtime.deterministic)
+  chosen: bool = False  # the precision was picked for the device (runtime.precision=auto)
 
   @property
   def num_replicas(self):
@@ -110,7 +114,7 @@ class Runtime:
 
   def describe(self):
     return (f"strategy={self.kind} replicas={self.num_replicas} workers={self.num_workers} "
-            f"precision={self.precision} xla={self.xla}{' (whole step)' if self.xla_whole_step else ''} "
+            f"precision={self.precision}{' (auto)' if self.chosen else ''} xla={self.xla}{' (whole step)' if self.xla_whole_step else ''} "
             f"devices={','.join(self.devices)}{' deterministic' if self.deterministic else ''}")
 
 
@@ -118,8 +122,8 @@ def validate(config):
   """Checks the runtime section of a config before anything is built. Raises UserError."""
   require(config.strategy in STRATEGIES,
           f"unknown --config.runtime.strategy={config.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-  require(config.precision in PRECISIONS,
-          f"unknown --config.runtime.precision={config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+  require(config.precision in PRECISIONS or config.precision == "auto",
+          f"unknown --config.runtime.precision={config.precision!r}: choose one of {', '.join(PRECISIONS)}, auto")
   require(int(config.cpu_replicas) >= 1,
           f"--config.runtime.cpu_replicas={config.cpu_replicas} must be at least 1")
   require(int(config.steps_per_loop) >= 1,
@@ -213,6 +217,33 @@ def worker_of(strategy):
 _STRATEGY_CACHE = {}
 
 
+def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
+  """Whether the CPU multiplies bfloat16 natively (the avx512_bf16 or amx_bf16 flag); False when unknown."""
+  try:
+    with open(cpuinfo) as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    return False
+  return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision(kind, gpu_capabilities=None, native_bfloat16=None):
+  """The precision ``runtime.precision=auto`` means for a strategy ``kind`` on this machine.
+
+  ``gpu_capabilities``: (major, minor) of each visible GPU (default: asked of TensorFlow); ``native_bfloat16``:
+  whether the CPU has it (default: /proc/cpuinfo)."""
+  if kind == "tpu":
+    return "mixed_bfloat16"
+  if gpu_capabilities is None:
+    gpu_capabilities = [tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0))
+                        for gpu in tf.config.list_physical_devices("GPU")]
+  if gpu_capabilities:
+    return "mixed_float16" if min(gpu_capabilities) >= (7, 0) else "float32"
+  if native_bfloat16 is None:
+    native_bfloat16 = cpu_has_native_bfloat16()
+  return "mixed_bfloat16" if native_bfloat16 else "float32"
+
+
 def _cached(key, build):
   if key not in _STRATEGY_CACHE:
     _STRATEGY_CACHE[key] = build()
@@ -254,9 +285,10 @@ def create(config):
   elif kind != "tpu":
     raise UserError(f"unknown --config.runtime.strategy={kind!r}")
 
+  precision = auto_precision(kind) if config.precision == "auto" else config.precision
   # One precision policy for any Keras layer a model may use; our own layers take the compute dtype explicitly.
   import keras  # pylint: disable=g-import-not-at-top
-  keras.mixed_precision.set_global_policy(config.precision)
+  keras.mixed_precision.set_global_policy(precision)
   deterministic = bool(config.get("deterministic", False))
   if deterministic:
     # For the whole process: GPU kernels with atomics (cuDNN's fastest convolutions, scatter-adds, bias gradients)
@@ -271,8 +303,8 @@ def create(config):
   require(not whole_step or (len(devices) == 1 and num_workers == 1),
           f"--config.runtime.xla_whole_step=true needs a single device, not {len(devices)} device(s) on "
           f"{num_workers} worker(s); turn it off for {kind}")
-  return Runtime(strategy=strategy, kind=kind, precision=config.precision,
-                 compute_dtype=PRECISIONS[config.precision], xla=bool(config.xla) or kind == "tpu",
+  return Runtime(strategy=strategy, kind=kind, precision=precision, chosen=config.precision == "auto",
+                 compute_dtype=PRECISIONS[precision], xla=bool(config.xla) or kind == "tpu",
                  steps_per_loop=int(config.steps_per_loop), devices=devices,
                  worker_index=worker_index, num_workers=num_workers, xla_whole_step=whole_step,
                  deterministic=deterministic)

@@ -18,7 +18,9 @@ def runtime(**changes):
   """The ``runtime`` section: its defaults, with ``changes``."""
   r = ml_collections.ConfigDict()
   r.strategy = "auto"  # auto | cpu | mirrored | multiworker | tpu
-  r.precision = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+  # float32 | mixed_float16 | mixed_bfloat16 | auto (bfloat16 on TPUs and CPUs with native bfloat16, float16 on
+  # GPUs with tensor cores, else float32; launch.devices prints the choice)
+  r.precision = "float32"
   r.xla = False  # compile the per-replica forward/backward with XLA (always on for TPU)
   r.xla_whole_step = False  # with xla on one device: compile each step's whole device work, as a TPU does
   r.cpu_replicas = 1  # logical CPU devices; >1 runs MirroredStrategy on a CPU

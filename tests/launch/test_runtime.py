@@ -54,6 +54,33 @@ def test_precision_sets_compute_dtype_and_keras_policy(precision, dtype, scaling
   assert keras.mixed_precision.global_policy().name == precision
 
 
+@pytest.mark.parametrize("kind,gpus,bf16,expected", [
+    ("tpu", [], False, "mixed_bfloat16"),
+    ("mirrored", [(8, 0), (8, 0)], False, "mixed_float16"),  # tensor cores
+    ("mirrored", [(8, 0), (6, 1)], True, "float32"),  # one GPU without tensor cores decides for the replicas
+    ("cpu", [], True, "mixed_bfloat16"),
+    ("cpu", [], False, "float32"),
+    ("multiworker", [], True, "mixed_bfloat16")])
+def test_auto_precision_picks_by_device(kind, gpus, bf16, expected):
+  assert runtime_lib.auto_precision(kind, gpu_capabilities=gpus, native_bfloat16=bf16) == expected
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+  for flags, expected in (("fpu sse avx2 avx512f", False), ("avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True)):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n")
+    assert runtime_lib.cpu_has_native_bfloat16(str(info)) == expected
+  assert not runtime_lib.cpu_has_native_bfloat16(str(tmp_path / "missing"))
+
+
+def test_auto_precision_on_this_machine_is_named_in_the_description():
+  rt = _runtime(strategy="cpu", precision="auto")
+  expected = "mixed_bfloat16" if runtime_lib.cpu_has_native_bfloat16() else "float32"
+  assert rt.precision == expected and rt.compute_dtype == runtime_lib.PRECISIONS[expected]
+  assert f"precision={expected} (auto)" in rt.describe()
+  assert keras.mixed_precision.global_policy().name == expected
+
+
 def test_xla_flag_compiles_with_jit():
   rt = _runtime(strategy="cpu", xla=True)
   fn = rt.compile(lambda x: x * 2.0)
