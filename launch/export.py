@@ -35,7 +35,8 @@ def main(argv):
   run = rundir.load_run(FLAGS.workdir, FLAGS.checkpoint, strategy="cpu", precision=FLAGS.precision, xla=False)
   tflite = FLAGS.format == "tflite"
   path = serving.export(run, FLAGS.out, version=FLAGS.version, ema=FLAGS.weights == "ema", tflite=tflite)
-  print(f"exported {run.config.model.name} from {run.checkpoint} ({FLAGS.weights} weights) to {path}")
+  weights = FLAGS.weights if run.model.ema_pairs else "raw (the model keeps no EMA copy)"
+  print(f"exported {run.config.model.name} from {run.checkpoint} ({weights} weights) to {path}")
   if tflite:
     print(f"TFLite generator (z in, images out): {path}/{serving.TFLITE}")
   print(f"serve it: python -m launch.serve --model_dir={FLAGS.out}")
