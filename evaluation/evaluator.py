@@ -13,7 +13,9 @@ Config keys (all optional):
   eval_metrics            comma-separated: fid, kid, is, pr, nll, error ("fid,kid"); nll: the held-out likelihood
                           (exact, a bound or an estimate) of models that have one (evaluation/likelihood.py);
                           error: the held-out error of a model that classifies (evaluation/classification.py);
-                          translation: a translator's held-out figures (evaluation/translation.py)
+                          translation: a translator's held-out figures (evaluation/translation.py);
+                          classes: the embedded classifier's decisions on the samples: the share of each class
+                          (min and max) and, for a class-conditional model, the share that is the asked class
   eval_extractor          classifier | inception ("classifier")
   eval_inception_weights  path of the Inception weights, for eval_extractor=inception
   eval_data               reference data spec (default: the run's ``data``)
@@ -38,6 +40,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 from typing import Optional
 
@@ -56,7 +59,7 @@ from genscale.errors import UserError, require
 from genscale.progress import Progress
 import pipelines
 
-METRICS = ("fid", "kid", "is", "pr", "nll", "error", "translation")
+METRICS = ("fid", "kid", "is", "pr", "nll", "error", "translation", "classes")
 # Scored on held-out data, not on samples: the likelihood (evaluation/likelihood.py), a classifier's error
 # (evaluation/classification.py) and a translator's figures (evaluation/translation.py).
 LIKELIHOOD_METRICS = ("nll", "error", "translation")
@@ -131,6 +134,9 @@ class EvalSettings:
     require(self.extractor in extractors_lib.EXTRACTORS,
             f"unknown {self.flag('extractor')}={self.extractor!r}: choose one of "
             f"{', '.join(extractors_lib.EXTRACTORS)}")
+    require("classes" not in self.metrics or self.extractor == "classifier",
+            f"{self.flag('metrics')}=classes reads the embedded digit classifier's decisions; use "
+            f"{self.flag('extractor')}=classifier")
     require(self.resize in (None,) + extractors_lib.RESIZE_FILTERS,
             f"unknown --resize={self.resize!r}: choose one of {', '.join(extractors_lib.RESIZE_FILTERS)}")
     require(int(self.batch_size) >= 1, f"{self.flag('batch_size')}={self.batch_size} must be positive")
@@ -187,12 +193,28 @@ def compute_metrics(settings, reference, generated, what="generated", show_progr
     close(bar)
   if "is" in settings.metrics:
     values["is"], values["is_std"] = generated.inception_score()
+  if "classes" in settings.metrics:
+    values.update(class_shares(generated))
   if "pr" in settings.metrics:
     bar = progress(2 * (len(reference.features) + len(generated.features)), "precision/recall")
     values["precision"], values["recall"] = metrics_lib.precision_recall(reference.features, generated.features,
                                                                          settings.pr_k, progress=bar)
     close(bar)
   return values, warnings
+
+
+def class_shares(stats):
+  """The classifier's decisions on a stream of images: {class_share_k: share of images decided as k,
+  class_share_min/max, and, when the images were generated for asked labels, class_agreement (the share decided
+  as the asked class) with its binomial standard error}."""
+  shares = stats.class_counts / max(stats.count, 1)
+  values = {f"class_share_{k}": float(v) for k, v in enumerate(shares)}
+  values.update(class_share_min=float(shares.min()), class_share_max=float(shares.max()))
+  if stats.labelled:
+    agreement = stats.label_hits / stats.labelled
+    values.update(class_agreement=float(agreement),
+                  class_agreement_std=float(math.sqrt(agreement * (1.0 - agreement) / stats.labelled)))
+  return values
 
 
 def scalar_tags(values, extractor):

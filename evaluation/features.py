@@ -57,8 +57,9 @@ class FeatureRunner:
     start = first_index + tf.cast(replica_id, tf.int64) * self.per_replica
     return start + tf.range(self.per_replica, dtype=tf.int64)
 
-  def _statistics(self, features, logits, index, total, split_table, shift, splits):
-    """This replica's sums (pure; runs per replica). ``split_table[i]`` is image i's Inception Score split."""
+  def _statistics(self, features, logits, index, total, split_table, shift, splits, labels=None):
+    """This replica's sums (pure; runs per replica). ``split_table[i]`` is image i's Inception Score split;
+    ``labels``: the classes generated images were asked for, counted against the extractor's decisions."""
     weight = tf.cast(index < total, self.sum_dtype)
     centred = (tf.cast(features, self.sum_dtype) - shift) * weight[:, None]
     out = {"count": tf.reduce_sum(weight), "centred_sum": tf.reduce_sum(centred, 0),
@@ -72,6 +73,12 @@ class FeatureRunner:
       out["split_probs"] = tf.matmul(member, p, transpose_a=True)
       out["split_entropy"] = tf.reduce_sum(member * entropy[:, None], axis=0)
       out["split_count"] = tf.reduce_sum(member, axis=0)
+      decision = tf.argmax(logits, axis=-1, output_type=tf.int32)
+      out["class_counts"] = tf.reduce_sum(tf.one_hot(decision, int(logits.shape[-1]), dtype=self.sum_dtype) *
+                                          weight[:, None], axis=0)
+      if labels is not None:
+        out["label_hits"] = tf.reduce_sum(tf.cast(tf.equal(decision, labels), self.sum_dtype) * weight)
+        out["labelled"] = tf.reduce_sum(weight)
     return out
 
   def _cross_replica(self, per_replica_fn, args, gather):
@@ -92,7 +99,8 @@ class FeatureRunner:
       labels = tf.cast(index % num_classes, tf.int32) if num_classes else tf.zeros([per_replica], tf.int32)
       images = model.generate(BatchRng(rng_key, replica_id, per_replica, replicas), labels, ema=ema, **options)
       features, logits = self.extractor(images)
-      return self._statistics(features, logits, index, total, split_table, shift, splits), features
+      return self._statistics(features, logits, index, total, split_table, shift, splits,
+                              labels if num_classes else None), features
 
     compiled = self.runtime.compile(generate_and_extract)
 

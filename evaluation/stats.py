@@ -70,12 +70,23 @@ class FeatureStats:
     self.split_probs = np.zeros([self.splits, self.num_classes], np.float64)
     self.split_entropy = np.zeros([self.splits], np.float64)
     self.split_count = np.zeros([self.splits], np.float64)
+    # The extractor's decisions (argmax of the logits): images per class, and for generated images with asked labels
+    # the number whose decision is the asked label (--metrics=classes).
+    self.class_counts = np.zeros([self.num_classes], np.float64)
+    self.label_hits = 0.0
+    self.labelled = 0.0
     self._kept = []
 
   # ---- accumulation
 
-  def add_sums(self, count, centred_sum, centred_outer, split_probs=None, split_entropy=None, split_count=None):
+  def add_sums(self, count, centred_sum, centred_outer, split_probs=None, split_entropy=None, split_count=None,
+               class_counts=None, label_hits=None, labelled=None):
     """Adds one batch's sums, computed relative to ``self.shift`` (float32 or float64 arrays)."""
+    if self.num_classes and class_counts is not None:
+      self.class_counts += np.asarray(class_counts, np.float64)
+    if labelled is not None:
+      self.label_hits += float(label_hits)
+      self.labelled += float(labelled)
     self.count += int(round(float(count)))
     self.centred_sum += np.asarray(centred_sum, np.float64)
     self.centred_outer += np.asarray(centred_outer, np.float64)
@@ -129,7 +140,8 @@ class FeatureStats:
       p = np.exp(log_p)
       entropy = -(p * log_p).sum(-1)
       member = np.eye(self.splits)[self.split_table[index]]
-      sums.update(split_probs=member.T @ p, split_entropy=member.T @ entropy, split_count=member.sum(0))
+      sums.update(split_probs=member.T @ p, split_entropy=member.T @ entropy, split_count=member.sum(0),
+                  class_counts=np.eye(self.num_classes)[logits.argmax(-1)].sum(0))
     self.add_sums(**sums)
     self.keep_features(features, first)
 

@@ -47,13 +47,17 @@ def write_scalars(workdir, step, scalars):
 def format_results(header, values):
   """The printed report: a header line, then one indented line per score ("  fid        12.3")."""
   lines = [header]
-  for name in ("fid", "kid", "is", "precision", "recall", "error", "nll_exact", "nll_elbo", "nll_iwae", "nll_ais",
-               "nll_ais_low", "nll_ais_high", "log_z", "pseudo_nll", "bpd_exact", "bpd_elbo", "bpd_iwae", "bpd_ais"):
+  for name in ("fid", "kid", "is", "precision", "recall", "class_agreement", "class_share_min", "class_share_max",
+               "error", "nll_exact", "nll_elbo", "nll_iwae", "nll_ais", "nll_ais_low", "nll_ais_high", "log_z",
+               "pseudo_nll", "bpd_exact", "bpd_elbo", "bpd_iwae", "bpd_ais"):
     if name in values:
       spread = values.get(f"{name}_std")
       unit = (" nats/image" if name.startswith(("nll", "pseudo_nll")) else " bits/dim" if name.startswith("bpd")
               else " nats" if name == "log_z" else "")
       lines.append(f"  {name:<10} {values[name]:.6g}{unit}" + ("" if spread is None else f" ± {spread:.2g}"))
+  shares = [values[f"class_share_{k}"] for k in range(100) if f"class_share_{k}" in values]
+  if shares:
+    lines.append("  classes    " + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(shares)))
   return "\n".join(lines)
 
 

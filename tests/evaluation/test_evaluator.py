@@ -4,6 +4,7 @@ import json
 import os
 
 import keras
+import tensorflow as tf
 import pytest
 
 from evaluation.evaluator import EvalSettings, Evaluator, parse_metrics
@@ -114,3 +115,49 @@ def test_concurrent_appends_to_a_local_metrics_file_lose_no_line(tmp_path):
   append_jsonl(path, {"n": 200})
   with open(path) as f:
     assert json.loads(f.read().splitlines()[-1]) == {"n": 200}
+
+
+class _DigitsOnRequest(models.base.GenerativeModel):
+  """Draws, for each asked label, a real held-out digit of that class (``honest``) or always the same 3."""
+
+  samples_from_prior = True
+
+  def __init__(self, honest):
+    super().__init__(name="digits_on_request")
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    images, labels = pipelines.open_source("embedded:mnist:test").arrays((32, 32), 1)
+    firsts = [int(np.flatnonzero(labels == k)[0]) for k in range(10)]
+    self.table = tf.constant(images[firsts].astype(np.float32) / 127.5 - 1.0)
+    self.num_classes = 10
+    self.honest = honest
+
+  def generate(self, rng, labels=None, ema=True, **options):
+    del rng, ema, options
+    return tf.gather(self.table, labels if self.honest else tf.fill(tf.shape(labels), 3))
+
+
+def test_classes_count_the_classifiers_decisions_and_the_asked_labels(tiny_dcgan):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  config = tiny_dcgan
+  config.eval_num = 100  # labels 0..9 ten times each
+  config.eval_metrics = "classes"
+  runtime = runtime_lib.create(rundir.prepare_config(config).runtime)
+  info = pipelines.open_source(config.data).info
+  honest = Evaluator(runtime, _DigitsOnRequest(True), config, info, None, progress=False)(0)
+  cheat = Evaluator(runtime, _DigitsOnRequest(False), config, info, None, progress=False)(0)
+  # The classifier recognises the ten real digits it is shown: every asked class comes out, a tenth each.
+  assert honest["eval/class_agreement_classifier"] == 1.0
+  assert honest["eval/class_share_min_classifier"] == honest["eval/class_share_max_classifier"] == pytest.approx(0.1)
+  # Always a 3: one class takes every sample, and only the asked 3s agree.
+  assert cheat["eval/class_share_3_classifier"] == 1.0 and cheat["eval/class_share_min_classifier"] == 0.0
+  assert cheat["eval/class_agreement_classifier"] == pytest.approx(0.1)
+  assert cheat["eval/class_agreement_std_classifier"] == pytest.approx(np.sqrt(0.1 * 0.9 / 100))
+
+
+def test_classes_need_the_digit_classifier(tiny_dcgan):
+  config = tiny_dcgan
+  config.eval_metrics = "fid,classes"
+  config.eval_extractor = "inception"
+  with pytest.raises(UserError, match="--config.eval_metrics=classes reads the embedded digit classifier's "
+                     "decisions; use --config.eval_extractor=classifier"):
+    EvalSettings.from_config(config)
