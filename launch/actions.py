@@ -11,7 +11,6 @@ All of this runs on the host; only the chief writes files (the Monitor and the c
 """
 
 import os
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -130,19 +129,18 @@ class LogLine(Action):
   with rates (after the first call, which includes tracing), learning rates, the EMA decay and model state."""
   measure = (GRAD_NORMS,)
 
-  def __init__(self, total, every, trainer, monitor, clock=time.monotonic):
+  def __init__(self, total, every, trainer, monitor):
     super().__init__(total)
     self.every, self.trainer, self.monitor = int(every), trainer, monitor
     self.window = {}
     self.clock_started = False
-    self.clock = clock
     self.seconds_per_step = {}  # stage key -> seconds per step, measured by the log windows that stayed in it
-    self._mark = None  # (time, step, stage key) at the previous line
+    self._window_stage = None  # the stage at the start of the current window
 
   def __call__(self, result):
     if not self.clock_started:  # rates start after the first call: it includes tracing and compilation
       self.monitor.start_clock(result.step, result.nimg)
-      self._mark = (self.clock(), result.step, result.stage.key)
+      self._window_stage = result.stage.key
       self.clock_started = True
     self.monitor.advance(result.step)
     self.window = metrics_lib.merge(self.window, result.metrics)
@@ -160,12 +158,11 @@ class LogLine(Action):
   def eta(self, result):
     """Seconds left, stage by stage (``Stages.seconds_left``): each stage at its own measured pace, the stages not
     reached yet scaled from the current one by their pixels per step. None before a window was timed."""
-    now, key = self.clock(), result.stage.key
-    start, first, first_key = self._mark
-    if first_key == key and result.step > first:
+    key, pace = result.stage.key, self.monitor.pace(result.step)
+    if pace is not None and key == self._window_stage:
       self.seconds_per_step.pop(key, None)  # re-inserted last: the stage timed most recently
-      self.seconds_per_step[key] = (now - start) / (result.step - first)
-    self._mark = (now, result.step, key)
+      self.seconds_per_step[key] = pace
+    self._window_stage = key
     return self.trainer.stages.seconds_left(result.nimg, self.total - result.step, self.seconds_per_step)
 
 

@@ -67,6 +67,13 @@ class Monitor:
     if self._last_time is not None:
       self._last_time += seconds
 
+  def pace(self, step):
+    """Seconds per step since the last line (host work left out by ``exclude_time`` excluded), or None before the
+    clock started or when no step was made: the figure of the next line's ``perf/sec_per_step``."""
+    if self._last_time is None or step <= self._last_step:
+      return None
+    return (time.monotonic() - self._last_time) / (step - self._last_step)
+
   def log(self, step, metrics, nimg, extra=None, eta=None):
     """Writes a log line and TensorBoard scalars for the metrics averaged since the last log.
 

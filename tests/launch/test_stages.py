@@ -146,16 +146,23 @@ def test_the_log_line_passes_the_stage_aware_eta():
   printed = []
 
   class Monitor:
+    """The monitor's clock on a fake time: a line's pace is the seconds per step since the last line."""
+
     def start_clock(self, step, nimg):
-      pass
+      self.last = (now[0], step)
 
     def advance(self, step):
       pass
 
+    def pace(self, step):
+      time, last_step = self.last
+      return (now[0] - time) / (step - last_step) if step > last_step else None
+
     def log(self, step, metrics, nimg, extra=None, eta=None):
       printed.append((step, eta))
+      self.last = (now[0], step)
 
-  log = actions.LogLine(8, 1, trainer, Monitor(), clock=lambda: now[0])
+  log = actions.LogLine(8, 1, trainer, Monitor())
   for _ in range(5):  # steps 1-3 coarse (8 images each), then fine (4 images, 4x the pixels of a coarse step)
     log(trainer.run(1))
     now[0] += 1.0  # every step takes a second on this clock
