@@ -9,18 +9,8 @@ _RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_
 
 def cpu_description():
   """"<CPU model>, <cores> cores, flags: ..." from /proc/cpuinfo (Linux), or the platform's name elsewhere."""
-  model, flags = platform.processor() or platform.machine(), set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-          model = value.strip()
-        elif key.strip() == "flags":
-          flags = set(value.split())
-        if model and flags:
-          break
-  except OSError:
-    pass
+  from launch.runtime import cpu_info  # pylint: disable=g-import-not-at-top
+  model, flags = cpu_info()
   present = [flag for flag in _RELEVANT_FLAGS if flag in flags]
-  return f"{model}, {os.cpu_count()} cores, flags: {' '.join(present) or 'none of ' + ' '.join(_RELEVANT_FLAGS)}"
+  return (f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: "
+          f"{' '.join(present) or 'none of ' + ' '.join(_RELEVANT_FLAGS)}")

@@ -122,7 +122,7 @@ def _transformer(config, model):
     @tf.function(jit_compile=xla)
     def draw(key):
       rng = BatchRng(tf.stack([tf.constant(0, tf.int64), key]), 0, batch, 1)
-      return model.draw(rng, labels, **{**model._defaults, **options})  # pylint: disable=protected-access
+      return model.serve(rng, labels, **options)  # the sampling defaults, with ``options`` changed
     return lambda i: draw(tf.constant(i, tf.int64))
 
   if m.name == "imagegpt":

@@ -92,7 +92,7 @@ def restore_pretrained(model):
   """Sets the parts of a new run's model that come from other runs (``model.pretrained()``: {module: run
   directory}, e.g. the VQ-VAE of a transformer over its codes) from their newest checkpoints. Returns the paths."""
   paths = []
-  for module, source in getattr(model, "pretrained", dict)().items():
+  for module, source in model.pretrained().items():
     path = checkpoint_path(source)
     try:
       tf.train.Checkpoint(model=module).read(path).expect_partial().assert_existing_objects_matched()

@@ -217,13 +217,27 @@ def worker_of(strategy):
 _STRATEGY_CACHE = {}
 
 
-def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
-  """Whether the CPU multiplies bfloat16 natively (the avx512_bf16 or amx_bf16 flag); False when unknown."""
+def cpu_info(cpuinfo="/proc/cpuinfo"):
+  """(model name, set of flags) of the first CPU in ``cpuinfo`` (Linux); (None, empty set) where unreadable."""
+  model, flags = None, set()
   try:
     with open(cpuinfo) as f:
-      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model is None:
+          model = value.strip()
+        elif key.strip() == "flags" and not flags:
+          flags = set(value.split())
+        if model is not None and flags:
+          break
   except OSError:
-    return False
+    pass
+  return model, flags
+
+
+def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
+  """Whether the CPU multiplies bfloat16 natively (the avx512_bf16 or amx_bf16 flag); False when unknown."""
+  flags = cpu_info(cpuinfo)[1]
   return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -334,6 +334,11 @@ class GenerativeModel(tf.Module):
     """Model-specific values to log (name -> tensor), e.g. fade-in alpha or ADA p."""
     return {}
 
+  def pretrained(self):
+    """{module: run directory}: parts of the model whose weights a new run takes from another run's newest
+    checkpoint before its first step (a transformer's VQ-VAE tokenizer). Default: none."""
+    return {}
+
   def stage(self, nimg):
     """The ``Stage`` of the step that starts after ``nimg`` images were shown (host; a pure function of nimg, so a
     resumed run finds the same stages). Default: the whole run is one stage at the config's resolution and batch.

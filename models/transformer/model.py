@@ -111,6 +111,7 @@ class TokenModel(base.GenerativeModel):
     self.optimizers = {"transformer": optimizer(config)}
     self.ema_pairs = []
     self.image_shape = (*parse_resolution(config.resolution), int(config.channels))
+    self.vq_workdir = m.get("vq_workdir")
     self._defaults = {"temperature": float(m.temperature)}  # sampling options and their config defaults
 
   def _network(self, config, hardware, rows, cols):
@@ -131,8 +132,7 @@ class TokenModel(base.GenerativeModel):
     return [base.Phase(self.phase_name, "transformer", list(self.net.trainable_variables), self.loss)]
 
   def pretrained(self):
-    """{module: run directory}: parts of the model whose weights a new run takes from another run (the VQ-VAE of
-    VQ tokens); the loop restores them before the first step."""
+    """The VQ-VAE of VQ tokens, from its run."""
     if isinstance(self.tokens, tokens_lib.VQTokens):
       return {self.tokens.codec: self.vq_workdir}
     return {}
@@ -157,7 +157,8 @@ class TokenModel(base.GenerativeModel):
     return self.draw(rng, labels, **self._options(options, self.option_names))
 
   def serve(self, rng, labels=None, ema=True, **inputs):
-    """``draw`` with the serving inputs as tensors (checked by the server against ``serving_range``)."""
+    """``draw`` with the sampling defaults changed by ``inputs``: tensors when serving (checked by the server
+    against ``serving_range``), or Python values."""
     del ema
     return self.draw(rng, labels, **{**self._defaults, **inputs})
 
@@ -189,7 +190,6 @@ class ImageGPT(TokenModel):
   def __init__(self, config, info, hardware):
     super().__init__(config, info, hardware, name="imagegpt")
     m = config.model
-    self.vq_workdir = m.get("vq_workdir")
     if not isinstance(self.tokens, tokens_lib.PixelTokens):
       self.likelihood_method = None  # a likelihood of codes, not of images
     self.context = int(m.context) or self.length
@@ -204,7 +204,10 @@ class ImageGPT(TokenModel):
 
   def inputs(self, tokens, labels):
     """Input ids [b, N]: the start token, then every token but the last."""
-    start = self.start_ids(labels, tf.shape(tokens)[0])
+    return self._shifted(self.start_ids(labels, tf.shape(tokens)[0]), tokens)
+
+  @staticmethod
+  def _shifted(start, tokens):
     return tf.concat([start[:, None], tokens[:, :-1]], axis=1)
 
   def query_slot(self, token):
@@ -227,7 +230,7 @@ class ImageGPT(TokenModel):
   # ---- likelihood (launch.evaluate --metrics=nll)
 
   def likelihood_data(self):
-    return "binary" if self.tokens.binary else "images"
+    return "binary" if self.tokens.binary else "8bit"
 
   def log_likelihood(self, x, labels=None):
     """Exact log p(x) in nats [b] of images x (in {-1, 1} for binary pixels, else quantised to the levels); a
@@ -277,14 +280,11 @@ class ImageGPT(TokenModel):
         logits = tf.gather(self.net(ids), t, axis=1)
         token = pick(logits, uniforms(t), temperature, top_k, top_p)
         drawn = write(drawn, t, token)
-        return t + 1, self._recompute_ids(start, drawn), drawn, state
+        return t + 1, self._shifted(start, drawn), drawn, state
 
-      loop_vars = (tf.constant(0), self._recompute_ids(start, drawn), drawn, tf.constant(0))
+      loop_vars = (tf.constant(0), self._shifted(start, drawn), drawn, tf.constant(0))
     _, _, drawn, _ = tf.while_loop(lambda t, *_: t < length, body, loop_vars, maximum_iterations=length)
     return drawn
-
-  def _recompute_ids(self, start, drawn):
-    return tf.concat([start[:, None], drawn[:, :-1]], axis=1)
 
   def draw(self, rng, labels, temperature, top_k, top_p, cache=True):
     start = self.start_ids(labels, rng.per_replica_batch)
@@ -315,7 +315,6 @@ class MaskGIT(TokenModel):
   def __init__(self, config, info, hardware):
     super().__init__(config, info, hardware, name="maskgit")
     m = config.model
-    self.vq_workdir = m.get("vq_workdir")
     self.mask_id = self.vocab
     h, w = self.tokens.grid
     rows = np.concatenate([[h], np.arange(self.length) // w])  # slot 0: the class token, no position
@@ -324,7 +323,11 @@ class MaskGIT(TokenModel):
     self._defaults.update(steps=int(m.decode_steps), choice_temperature=float(m.choice_temperature))
 
   def inputs(self, tokens, labels):
-    start = self.start_ids(labels, tf.shape(tokens)[0])
+    """Input ids [b, 1 + N]: the class token, then the tokens (some of them [MASK])."""
+    return self._with_start(self.start_ids(labels, tf.shape(tokens)[0]), tokens)
+
+  @staticmethod
+  def _with_start(start, tokens):
     return tf.concat([start[:, None], tokens], axis=1)
 
   def query_slot(self, token):
@@ -367,7 +370,7 @@ class MaskGIT(TokenModel):
     history = []
     for t, count in enumerate(mask_counts(n, steps)):
       unknown = tf.equal(ids, self.mask_id)
-      logits = self.net(tf.concat([start[:, None], ids], axis=1))[:, 1:]
+      logits = self.net(self._with_start(start, ids))[:, 1:]
       logits = logits / tf.maximum(tf.cast(temperature, tf.float32), 1e-6)
       log_probs = tf.nn.log_softmax(logits, axis=-1)
       sampled = categorical(tf.exp(log_probs), uniforms(t))

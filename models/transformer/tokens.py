@@ -41,6 +41,7 @@ class PixelTokens(tf.Module):
     self.vocab_size = self.levels ** self.digits
     self.image_shape = (height, width, self.channels)
     self.binary = self.levels == 2
+    self.place_values = [self.levels**j for j in range(self.digits)]  # of block position j in a token
 
   def quantize(self, images):
     """int32 levels [b, H, W, C] in [0, levels) of images in [-1, 1] (nearest level)."""
@@ -51,8 +52,7 @@ class PixelTokens(tf.Module):
     """Tokens int32 [b, h·w] of images [b, H, W, C] in [-1, 1]; the value of block position j (raster order
     within the block, channels last) is digit j of the token in base ``levels``."""
     blocks = _to_blocks(self.quantize(images), self.patch)  # [b, h, w, digits]
-    weights = tf.constant([self.levels**j for j in range(self.digits)], tf.int32)
-    tokens = tf.reduce_sum(blocks * weights, axis=-1)
+    tokens = tf.reduce_sum(blocks * tf.constant(self.place_values, tf.int32), axis=-1)
     return tf.reshape(tokens, [-1, self.grid[0] * self.grid[1]])
 
   def encode_batch(self, images, rng, stream):
@@ -64,22 +64,12 @@ class PixelTokens(tf.Module):
     return self.encode(images)
 
   def decode(self, tokens):
-    """Images [b, H, W, C] in [-1, 1] of tokens int32 [b, h·w] (any float values give a weighted image)."""
+    """Images [b, H, W, C] in [-1, 1] of tokens int32 [b, h·w]."""
     tokens = tf.reshape(tf.cast(tokens, tf.int32), [-1, *self.grid, 1])
-    powers = tf.constant([self.levels**j for j in range(self.digits)], tf.int32)
-    digits = tf.math.floormod(tf.math.floordiv(tokens, powers), self.levels)  # [b, h, w, digits]
+    place_values = tf.constant(self.place_values, tf.int32)
+    digits = tf.math.floormod(tf.math.floordiv(tokens, place_values), self.levels)  # [b, h, w, digits]
     values = _from_blocks(digits, self.patch)
     return tf.cast(values, tf.float32) / (self.levels - 1) * 2.0 - 1.0
-
-  def decode_probabilities(self, probabilities):
-    """The expected image [b, H, W, C] in [-1, 1] under per-token distributions float32 [b, h·w, vocab]: each
-    pixel's mean value, so a token drawn against its odds shows grey."""
-    vocab = tf.range(self.vocab_size, dtype=tf.int32)
-    powers = tf.constant([self.levels**j for j in range(self.digits)], tf.int32)
-    digit_of = tf.cast(tf.math.floormod(tf.math.floordiv(vocab[:, None], powers), self.levels), tf.float32)
-    mean = tf.einsum("btv,vd->btd", probabilities, digit_of)  # [b, tokens, digits]
-    mean = tf.reshape(mean, [-1, *self.grid, self.digits])
-    return _from_blocks(mean, self.patch) / (self.levels - 1) * 2.0 - 1.0
 
 
 class VQTokens(tf.Module):
